@@ -1,0 +1,634 @@
+"""The Greengrass V2 component recipe builder: typed inputs in, a validated recipe out.
+
+Plain Python (no aws-cdk, no tvm): the CDK constructs, local mode and the
+``component_publisher`` Lambda all build recipes with it, so a recipe packaged on a
+laptop and one deployed by CloudFormation come from the same code.
+
+Two levels:
+
+- :func:`build_recipe` assembles any recipe from :class:`Artifact`, :class:`Manifest`,
+  :class:`Dependency` and an :func:`access_control` block, and checks what it emits
+  (:func:`validate_recipe`): component name, semantic version, platform ``os`` and
+  ``architecture`` names, lifecycle steps and their keys, artifact URIs and digests.
+- :func:`inference_recipe` is the recipe of the neo-edge inference component: one
+  manifest per platform, each with the device bundle of the edge runtime and the
+  compiled model for that platform, an install step that lays the model out in the
+  component's work folder, a run step that starts the inference process, and the IPC
+  access it needs.
+
+:func:`content_version` derives a component version from content, so the same inputs
+always give the same version (a re-synth changes nothing) and any change gives a new
+one (Greengrass refuses to create a component version that already exists).
+
+Recipe keys are written in Greengrass' canonical casing (``ComponentName``,
+``Manifests``, ``Lifecycle``...); Greengrass reads them case-insensitively.
+
+Strings may carry CDK string tokens (``${Token[...]}``): the constructs build recipes
+before CloudFormation resolves bucket names. Validation skips a value that holds one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from .errors import NeoEdgeError
+
+#: The only recipe format Greengrass V2 knows.
+RECIPE_FORMAT_VERSION = "2020-01-25"
+
+#: Platform ``os`` values Greengrass V2 core devices report (``*`` matches any).
+OPERATING_SYSTEMS = ("linux", "windows", "*")
+#: Platform ``architecture`` values Greengrass V2 core devices report (``*`` matches any).
+ARCHITECTURES = ("amd64", "aarch64", "arm", "x86", "*")
+
+#: Lifecycle steps a manifest may define, in the order the nucleus runs them.
+LIFECYCLE_STEPS = ("setenv", "bootstrap", "install", "startup", "run", "shutdown", "recover")
+#: Keys of a lifecycle step given as an object rather than a script string.
+LIFECYCLE_STEP_KEYS = ("script", "requiresprivilege", "skipif", "timeout", "setenv")
+
+#: The IPC services whose access control :func:`access_control` writes, and the
+#: operations each allows.
+IPC_OPERATIONS: Mapping[str, tuple] = {
+    "aws.greengrass.ipc.pubsub": ("aws.greengrass#PublishToTopic",
+                                  "aws.greengrass#SubscribeToTopic"),
+    "aws.greengrass.ipc.mqttproxy": ("aws.greengrass#PublishToIoTCore",
+                                     "aws.greengrass#SubscribeToIoTCore"),
+}
+
+#: The Greengrass nucleus component and the version range this project's recipes need
+#: (2.5 added ``{artifacts:decompressedPath}`` for every platform and the IPC used here).
+NUCLEUS = "aws.greengrass.Nucleus"
+NUCLEUS_REQUIREMENT = ">=2.5.0 <3.0.0"
+
+# Semantic Versioning 2.0.0, the regular expression semver.org publishes.
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
+_COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9-_.]+$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_URI_SCHEMES = ("s3://", "greengrass:", "docker:")
+# Greengrass (semver4j) parses each version number as a Java int.
+_MAX_VERSION_NUMBER = 2**31 - 1
+# The patch number content_version derives: 28 bits of the digest.
+_PATCH_HEX_DIGITS = 7
+
+
+class RecipeError(NeoEdgeError, ValueError):
+    """A recipe input or a built recipe that Greengrass would refuse."""
+
+
+def is_token(value: Any) -> bool:
+    """Whether ``value`` is a string holding a CDK string token (resolved at deploy time)."""
+    return isinstance(value, str) and "${Token[" in value
+
+
+# ---------------------------------------------------------------------------------------
+# Typed inputs
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One artifact of a manifest.
+
+    Attributes
+    ----------
+    uri:
+        ``s3://bucket/key`` (or ``greengrass:``/``docker:`` URIs). The file lands in
+        ``{artifacts:path}`` under the URI's last path segment.
+    sha256:
+        The file's SHA-256 as 64 lowercase hex digits, when known. Written as the
+        recipe's ``Digest`` (base64, as Greengrass writes it) with ``Algorithm``
+        ``SHA-256``; Greengrass recomputes both when it creates the component version,
+        and local mode checks them.
+    unarchive:
+        ``"ZIP"`` to have the nucleus extract the file to
+        ``{artifacts:decompressedPath}/<file name without .zip>/``, else ``"NONE"``.
+    read, execute:
+        Who may read / execute the file on the device: ``NONE``, ``OWNER`` or ``ALL``.
+    """
+
+    uri: str
+    sha256: Optional[str] = None
+    unarchive: str = "NONE"
+    read: str = "OWNER"
+    execute: str = "NONE"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or not self.uri:
+            raise RecipeError(f"artifact uri must be a non-empty string; got {self.uri!r}")
+        if not is_token(self.uri) and not self.uri.startswith(_URI_SCHEMES):
+            raise RecipeError(f"artifact uri must start with one of {', '.join(_URI_SCHEMES)}; "
+                              f"got {self.uri!r}")
+        if self.sha256 is not None and not _SHA256_HEX.match(str(self.sha256)):
+            raise RecipeError(f"artifact sha256 must be 64 lowercase hex digits; got {self.sha256!r}")
+        if self.unarchive not in ("NONE", "ZIP"):
+            raise RecipeError(f"artifact unarchive must be one of NONE, ZIP; got {self.unarchive!r}")
+        for what, value in (("read", self.read), ("execute", self.execute)):
+            if value not in ("NONE", "OWNER", "ALL"):
+                raise RecipeError(f"artifact {what} permission must be one of NONE, OWNER, ALL; "
+                                  f"got {value!r}")
+
+    @property
+    def file_name(self) -> str:
+        """The name the file has on the device (the URI's last segment)."""
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def to_recipe(self) -> dict:
+        out: dict = {"Uri": self.uri, "Unarchive": self.unarchive,
+                     "Permission": {"Read": self.read, "Execute": self.execute}}
+        if self.sha256 is not None:
+            out["Digest"] = base64.b64encode(bytes.fromhex(self.sha256)).decode("ascii")
+            out["Algorithm"] = "SHA-256"
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The artifacts and lifecycle of a component on one platform.
+
+    Attributes
+    ----------
+    platform:
+        ``{"os": "linux", "architecture": "aarch64"}`` and any extra attributes that
+        devices declare (``"accelerator": "nvidia"``); ``Target.greengrass_platform``
+        gives it for a Neo target.
+    artifacts:
+        What the nucleus downloads for this platform.
+    lifecycle:
+        Step name (``install``, ``run``, ...) to a script string or a step object
+        (``{"Script": ..., "RequiresPrivilege": ..., "Timeout": ...}``).
+    name:
+        A label for people. Default: none.
+    """
+
+    platform: Mapping[str, str]
+    artifacts: Sequence[Artifact] = ()
+    lifecycle: Mapping[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None
+
+    def to_recipe(self) -> dict:
+        out: dict = {}
+        if self.name:
+            out["Name"] = self.name
+        out["Platform"] = dict(self.platform)
+        if self.lifecycle:
+            out["Lifecycle"] = {_canonical_step(k): _canonical_step_value(v)
+                                for k, v in self.lifecycle.items()}
+        if self.artifacts:
+            out["Artifacts"] = [a.to_recipe() for a in self.artifacts]
+        return out
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A dependency on another component: ``HARD`` restarts this one when it changes."""
+
+    version_requirement: str
+    dependency_type: str = "HARD"
+
+    def __post_init__(self) -> None:
+        if self.dependency_type not in ("HARD", "SOFT"):
+            raise RecipeError(f"dependency type must be one of HARD, SOFT; "
+                              f"got {self.dependency_type!r}")
+        if not isinstance(self.version_requirement, str) or not self.version_requirement.strip():
+            raise RecipeError(f"dependency version requirement must be a non-empty string; "
+                              f"got {self.version_requirement!r}")
+
+    def to_recipe(self) -> dict:
+        return {"VersionRequirement": self.version_requirement,
+                "DependencyType": self.dependency_type}
+
+
+def access_control(component_name: str, *,
+                   pubsub_publish: Iterable[str] = (), pubsub_subscribe: Iterable[str] = (),
+                   mqtt_publish: Iterable[str] = (), mqtt_subscribe: Iterable[str] = ()) -> dict:
+    """The ``accessControl`` block of a component's default configuration.
+
+    One policy per IPC service and direction, each listing its topics (``*`` and
+    MQTT wildcards are allowed in topics). ``aws.greengrass.ipc.pubsub`` is the local
+    publish/subscribe bus; ``aws.greengrass.ipc.mqttproxy`` is IoT Core through the
+    nucleus' connection (the device's IoT policy still applies there).
+    """
+    _check_component_name(component_name)
+    services: dict = {}
+    for service, direction, topics in (
+            ("aws.greengrass.ipc.pubsub", "publish", pubsub_publish),
+            ("aws.greengrass.ipc.pubsub", "subscribe", pubsub_subscribe),
+            ("aws.greengrass.ipc.mqttproxy", "publish", mqtt_publish),
+            ("aws.greengrass.ipc.mqttproxy", "subscribe", mqtt_subscribe)):
+        topics = list(topics)
+        if not topics:
+            continue
+        for topic in topics:
+            if not isinstance(topic, str) or not topic:
+                raise RecipeError(f"{service} {direction} topics must be non-empty strings; "
+                                  f"got {topic!r}")
+        operation = IPC_OPERATIONS[service][0 if direction == "publish" else 1]
+        short = service.rsplit(".", 1)[-1]
+        services.setdefault(service, {})[f"{component_name}:{short}:{direction}"] = {
+            "policyDescription": f"{component_name} may {direction} "
+                                 f"{'on the local bus' if short == 'pubsub' else 'to IoT Core'}",
+            "operations": [operation],
+            "resources": topics,
+        }
+    return services
+
+
+# ---------------------------------------------------------------------------------------
+# Building and validating
+
+
+def build_recipe(*, component_name: str, manifests: Sequence[Manifest],
+                 component_version: Optional[str] = None, description: str = "",
+                 publisher: str = "neo-edge",
+                 default_configuration: Optional[Mapping[str, Any]] = None,
+                 access: Optional[Mapping[str, Any]] = None,
+                 dependencies: Optional[Mapping[str, Dependency]] = None,
+                 component_type: Optional[str] = None,
+                 version_fingerprint: Iterable[Any] = ()) -> dict:
+    """A validated Greengrass V2 recipe.
+
+    Parameters
+    ----------
+    component_name:
+        Letters, digits, ``-``, ``_`` and ``.``; at most 128 characters.
+    manifests:
+        One per platform; at least one.
+    component_version:
+        A semantic version. Default: derived from the rest of the recipe and
+        ``version_fingerprint`` by :func:`content_version`.
+    description, publisher:
+        For people. Default: no description; publisher ``neo-edge``.
+    default_configuration:
+        The component's ``DefaultConfiguration``. Default: none (or only ``accessControl``).
+    access:
+        An :func:`access_control` block, written as ``DefaultConfiguration.accessControl``.
+        Default: no IPC access.
+    dependencies:
+        Component name to :class:`Dependency`. Default: none.
+    component_type:
+        ``aws.greengrass.generic`` etc. Default: not written (generic).
+    version_fingerprint:
+        Extra JSON-able values that identify content the recipe refers to but does
+        not contain (e.g. the digest of a file behind an unresolved URI); only used
+        when the version is derived.
+
+    Raises
+    ------
+    RecipeError
+        For anything :func:`validate_recipe` refuses.
+    """
+    config: dict = dict(default_configuration or {})
+    if access:
+        config["accessControl"] = dict(access)
+    recipe: dict = {
+        "RecipeFormatVersion": RECIPE_FORMAT_VERSION,
+        "ComponentName": component_name,
+        "ComponentVersion": component_version or "0.0.0",
+    }
+    if component_type:
+        recipe["ComponentType"] = component_type
+    if description:
+        recipe["ComponentDescription"] = description
+    recipe["ComponentPublisher"] = publisher
+    if config:
+        recipe["ComponentConfiguration"] = {"DefaultConfiguration": config}
+    if dependencies:
+        recipe["ComponentDependencies"] = {name: dep.to_recipe()
+                                           for name, dep in sorted(dependencies.items())}
+    recipe["Manifests"] = [m.to_recipe() for m in manifests]
+    if component_version is None:
+        recipe["ComponentVersion"] = content_version(recipe, *version_fingerprint)
+    validate_recipe(recipe)
+    return recipe
+
+
+def validate_recipe(recipe: Mapping[str, Any]) -> None:
+    """Check a recipe the way Greengrass would before accepting it.
+
+    Keys are compared case-insensitively, as Greengrass reads them.
+
+    Raises
+    ------
+    RecipeError
+        Naming the offending value and what is allowed.
+    """
+    r = _lower_keys(recipe)
+    if not isinstance(r, dict):
+        raise RecipeError(f"a recipe must be a mapping; got {type(recipe).__name__}")
+    fmt = r.get("recipeformatversion")
+    if fmt != RECIPE_FORMAT_VERSION:
+        raise RecipeError(f"recipe format version must be {RECIPE_FORMAT_VERSION}; got {fmt!r}")
+    _check_component_name(r.get("componentname"))
+    check_version(r.get("componentversion"))
+    manifests = r.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise RecipeError(f"a recipe needs at least one manifest; got {manifests!r}")
+    seen: set = set()
+    for i, manifest in enumerate(manifests):
+        platform = manifest.get("platform")
+        if platform is None:
+            raise RecipeError(f"manifest {i} has no platform; every manifest here names one")
+        check_platform(platform)
+        key = json.dumps(platform, sort_keys=True)
+        if key in seen:
+            raise RecipeError(f"manifest {i} repeats platform {platform}: the nucleus would only "
+                              f"ever use the first; give each platform one manifest")
+        seen.add(key)
+        _check_lifecycle(manifest.get("lifecycle", {}), f"manifest {i}")
+        for artifact in manifest.get("artifacts", []):
+            Artifact(uri=artifact.get("uri"), unarchive=artifact.get("unarchive", "NONE"),
+                     read=artifact.get("permission", {}).get("read", "OWNER"),
+                     execute=artifact.get("permission", {}).get("execute", "NONE"))
+    for name, dep in (r.get("componentdependencies") or {}).items():
+        _check_component_name(name)
+        Dependency(dep.get("versionrequirement"), dep.get("dependencytype", "HARD"))
+
+
+def check_version(version: Any) -> None:
+    """Raise :class:`RecipeError` unless ``version`` is a semantic version Greengrass takes."""
+    if not isinstance(version, str) or not _SEMVER.match(version):
+        raise RecipeError(f"component version must be a semantic version like 1.0.0; "
+                          f"got {version!r}")
+    if len(version) > 64:
+        raise RecipeError(f"component version must be at most 64 characters; got {version!r}")
+    numbers = [int(n) for n in re.split(r"[-+]", version, maxsplit=1)[0].split(".")]
+    if max(numbers) > _MAX_VERSION_NUMBER:
+        raise RecipeError(f"component version numbers must be at most {_MAX_VERSION_NUMBER}; "
+                          f"got {version!r}")
+
+
+def check_platform(platform: Any) -> None:
+    """Raise :class:`RecipeError` unless ``platform`` is a Greengrass platform mapping."""
+    if not isinstance(platform, Mapping):
+        raise RecipeError(f"platform must be a mapping like {{'os': 'linux', "
+                          f"'architecture': 'aarch64'}}; got {platform!r}")
+    p = {str(k).lower(): v for k, v in platform.items()}
+    os_ = p.get("os")
+    if os_ not in OPERATING_SYSTEMS:
+        raise RecipeError(f"platform os must be one of {', '.join(OPERATING_SYSTEMS)}; got {os_!r}")
+    arch = p.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise RecipeError(f"platform architecture must be one of {', '.join(ARCHITECTURES)}; "
+                          f"got {arch!r}")
+    for key, value in p.items():
+        if not isinstance(value, str) or not value:
+            raise RecipeError(f"platform attribute {key!r} must be a non-empty string; got {value!r}")
+
+
+def content_version(*content: Any, major: int = 1, minor: int = 0) -> str:
+    """A component version derived from content: ``<major>.<minor>.<patch>``.
+
+    ``patch`` is the first 28 bits of the SHA-256 of the content as canonical JSON
+    (sorted keys, no whitespace; bytes are hashed as their SHA-256), so the same content
+    always gives the same version and a change gives a different one (a clash between
+    two different contents is a one in 268 million chance). Every number stays below
+    2**31, which Greengrass needs. The ``ComponentVersion`` of a recipe passed in is
+    left out of its own hash.
+    """
+    for what, n in (("major", major), ("minor", minor)):
+        if not isinstance(n, int) or n < 0 or n > _MAX_VERSION_NUMBER:
+            raise RecipeError(f"{what} version must be an integer from 0 to "
+                              f"{_MAX_VERSION_NUMBER}; got {n!r}")
+    h = hashlib.sha256()
+    for part in content:
+        h.update(_canonical(part).encode("utf-8"))
+        h.update(b"\x00")
+    patch = int(h.hexdigest()[:_PATCH_HEX_DIGITS], 16)
+    return f"{major}.{minor}.{patch}"
+
+
+def recipe_json(recipe: Mapping[str, Any]) -> str:
+    """The recipe as the JSON text Greengrass takes (stable key order, UTF-8)."""
+    return json.dumps(recipe, indent=2, sort_keys=False, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The inference component
+
+#: The model folder the install step lays out, under the component's work folder.
+MODEL_DIR = "{work:path}/model"
+#: Where the install step links the unpacked device bundle, under the work folder.
+RUNTIME_DIR = "{work:path}/runtime"
+
+#: The default configuration keys of the inference component and their defaults.
+INFERENCE_DEFAULTS: Mapping[str, Any] = {
+    # The local pub/sub topic the component takes requests from.
+    "inputTopic": "neo-edge/inference/input",
+    # IoT Core topics are <topicPrefix>/<thing name>/results and .../errors.
+    "topicPrefix": "neo-edge",
+    # Seconds between two polls of a local source; 0 means event-driven only.
+    "intervalSeconds": 0,
+    # Threads the TVM runtime uses; 0 lets it pick (one per core).
+    "threadCount": 0,
+}
+
+#: The install step: unpack a ``.tar.gz`` model (what Neo writes) or take the folder of
+#: an unarchived ``.zip`` model (what a CDK folder asset is) into ``{work:path}/model``,
+#: and link the unpacked device bundle (the folder holding ``neo_edge_runtime``).
+INSTALL_SCRIPT = "\n".join([
+    "set -eu",
+    "rm -rf model runtime && mkdir -p model",
+    "for a in {artifacts:path}/*; do",
+    "  case \"$a\" in *.tar.gz|*.tgz) tar -xzf \"$a\" -C model ;; esac",
+    "done",
+    "for d in {artifacts:decompressedPath}/*; do",
+    "  [ -d \"$d\" ] || continue",
+    "  if [ -f \"$d/manifest.json\" ]; then cp -R \"$d/.\" model/; fi",
+    "  if [ -d \"$d/neo_edge_runtime\" ]; then ln -sfn \"$d\" runtime; fi",
+    "done",
+    "test -f model/manifest.json || { echo 'no compiled model (manifest.json) among the artifacts' >&2; exit 1; }",
+    "test -d runtime/neo_edge_runtime || { echo 'no device bundle (neo_edge_runtime) among the artifacts' >&2; exit 1; }",
+])
+
+#: The run step: the ``edge_inference`` handler of the device bundle as a plain process,
+#: its settings from the component configuration through environment variables.
+RUN_SCRIPT = " ".join([
+    "exec env",
+    f"PYTHONPATH={RUNTIME_DIR}",
+    f"NEO_EDGE_MODEL_DIR={MODEL_DIR}",
+    "NEO_EDGE_INPUT_TOPIC=\"{configuration:/inputTopic}\"",
+    "NEO_EDGE_RESULTS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/results\"",
+    "NEO_EDGE_ERRORS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/errors\"",
+    "NEO_EDGE_INTERVAL_SECONDS=\"{configuration:/intervalSeconds}\"",
+    "NEO_EDGE_THREADS=\"{configuration:/threadCount}\"",
+    "TVM_NUM_THREADS=\"{configuration:/threadCount}\"",
+    f"python3 -u {RUNTIME_DIR}/edge_inference.py",
+])
+
+
+@dataclass(frozen=True)
+class PlatformArtifacts:
+    """What the inference component ships to one platform.
+
+    Attributes
+    ----------
+    platform:
+        The Greengrass platform (``Target.greengrass_platform``).
+    model:
+        The compiled model: a ``.zip`` of the artifact folder (``unarchive="ZIP"``)
+        or the ``.tar.gz`` Neo writes (``unarchive="NONE"``).
+    runtime:
+        The device bundle of the edge runtime for this architecture: a ``.zip``
+        (``unarchive="ZIP"``) whose root holds ``neo_edge_runtime/`` and
+        ``edge_inference.py``.
+    name:
+        A label for people (the target name). Default: none.
+    """
+
+    platform: Mapping[str, str]
+    model: Artifact
+    runtime: Artifact
+    name: Optional[str] = None
+
+
+def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifacts],
+                     component_version: Optional[str] = None, description: str = "",
+                     publisher: str = "neo-edge",
+                     configuration: Optional[Mapping[str, Any]] = None,
+                     install_script: str = INSTALL_SCRIPT, run_script: str = RUN_SCRIPT,
+                     nucleus_requirement: str = NUCLEUS_REQUIREMENT,
+                     version_fingerprint: Iterable[Any] = ()) -> dict:
+    """The recipe of a neo-edge inference component.
+
+    Parameters
+    ----------
+    component_name:
+        The component's name (``com.example.Classifier``).
+    platforms:
+        One entry per platform; at least one.
+    component_version:
+        Default: derived from the content (:func:`content_version`).
+    configuration:
+        Overrides of :data:`INFERENCE_DEFAULTS`; unknown keys are refused. Default:
+        the defaults.
+    install_script, run_script:
+        The lifecycle. Default: :data:`INSTALL_SCRIPT` and :data:`RUN_SCRIPT`.
+    nucleus_requirement:
+        The nucleus versions the component runs on. Default: :data:`NUCLEUS_REQUIREMENT`.
+    version_fingerprint:
+        See :func:`build_recipe`.
+    """
+    if not platforms:
+        raise RecipeError("an inference component needs at least one platform; got none")
+    config = dict(INFERENCE_DEFAULTS)
+    unknown = sorted(set(configuration or {}) - set(INFERENCE_DEFAULTS))
+    if unknown:
+        raise RecipeError(f"inference configuration keys must be among "
+                          f"{', '.join(INFERENCE_DEFAULTS)}; got {', '.join(unknown)}")
+    config.update(configuration or {})
+    for key in ("intervalSeconds", "threadCount"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise RecipeError(f"inference configuration {key} must be a number >= 0; got {value!r}")
+    topic_prefix = config["topicPrefix"]
+    if not isinstance(topic_prefix, str) or not topic_prefix or any(c in topic_prefix for c in "#+"):
+        raise RecipeError(f"inference configuration topicPrefix must be a topic without "
+                          f"wildcards; got {topic_prefix!r}")
+    manifests = [
+        Manifest(platform=p.platform, name=p.name, artifacts=(p.runtime, p.model),
+                 lifecycle={"install": {"Script": install_script, "Timeout": 300},
+                            "run": run_script})
+        for p in platforms
+    ]
+    access = access_control(
+        component_name,
+        pubsub_subscribe=[config["inputTopic"]],
+        mqtt_publish=[f"{topic_prefix}/*/results", f"{topic_prefix}/*/errors"],
+    )
+    return build_recipe(
+        component_name=component_name, component_version=component_version,
+        description=description or "neo-edge inference: a compiled model on the TVM runtime",
+        publisher=publisher, manifests=manifests, default_configuration=config,
+        access=access, dependencies={NUCLEUS: Dependency(nucleus_requirement, "SOFT")},
+        version_fingerprint=version_fingerprint)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def _check_component_name(name: Any) -> None:
+    if not isinstance(name, str) or not _COMPONENT_NAME.match(name) or len(name) > 128:
+        raise RecipeError(f"component name must be 1 to 128 letters, digits, '-', '_' or '.'; "
+                          f"got {name!r}")
+
+
+def _check_lifecycle(lifecycle: Any, where: str) -> None:
+    if not isinstance(lifecycle, Mapping):
+        raise RecipeError(f"{where} lifecycle must be a mapping of steps; got {lifecycle!r}")
+    for step, value in lifecycle.items():
+        if step not in LIFECYCLE_STEPS:
+            raise RecipeError(f"{where} lifecycle step must be one of "
+                              f"{', '.join(LIFECYCLE_STEPS)}; got {step!r}")
+        if step == "setenv":
+            if not isinstance(value, Mapping):
+                raise RecipeError(f"{where} lifecycle setenv must be a mapping; got {value!r}")
+            continue
+        if isinstance(value, str):
+            continue
+        if not isinstance(value, Mapping) or "script" not in value:
+            raise RecipeError(f"{where} lifecycle {step} must be a script string or an object "
+                              f"with a script; got {value!r}")
+        for key in value:
+            if key not in LIFECYCLE_STEP_KEYS:
+                raise RecipeError(f"{where} lifecycle {step} keys must be among "
+                                  f"{', '.join(LIFECYCLE_STEP_KEYS)}; got {key!r}")
+        skip = value.get("skipif")
+        if skip is not None and not re.match(r"^(onpath|exists)\s+\S", str(skip)):
+            raise RecipeError(f"{where} lifecycle {step} skipif must be 'onpath <exe>' or "
+                              f"'exists <file>'; got {skip!r}")
+
+
+_STEP_CASE = {"setenv": "Setenv", "bootstrap": "Bootstrap", "install": "Install",
+              "startup": "Startup", "run": "Run", "shutdown": "Shutdown", "recover": "Recover"}
+_STEP_KEY_CASE = {"script": "Script", "requiresprivilege": "RequiresPrivilege",
+                  "skipif": "Skipif", "timeout": "Timeout", "setenv": "Setenv"}
+
+
+def _canonical_step(step: str) -> str:
+    key = str(step).lower()
+    if key not in _STEP_CASE:
+        raise RecipeError(f"lifecycle step must be one of {', '.join(LIFECYCLE_STEPS)}; got {step!r}")
+    return _STEP_CASE[key]
+
+
+def _canonical_step_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            key = str(k).lower()
+            out[_STEP_KEY_CASE.get(key, k)] = v
+        return out
+    return value
+
+
+def _lower_keys(value: Any) -> Any:
+    """Lower-case every mapping key, recursively (as the GDK does before validating)."""
+    if isinstance(value, Mapping):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lower_keys(v) for v in value]
+    return value
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        value = hashlib.sha256(value).hexdigest()
+    if isinstance(value, Mapping) and "ComponentVersion" in value:
+        value = {k: v for k, v in value.items() if k != "ComponentVersion"}
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+__all__ = [
+    "ARCHITECTURES", "Artifact", "Dependency", "INFERENCE_DEFAULTS", "INSTALL_SCRIPT",
+    "LIFECYCLE_STEPS", "Manifest", "NUCLEUS", "NUCLEUS_REQUIREMENT", "OPERATING_SYSTEMS",
+    "PlatformArtifacts", "RECIPE_FORMAT_VERSION", "RUN_SCRIPT", "RecipeError", "access_control",
+    "build_recipe", "check_platform", "check_version", "content_version", "inference_recipe",
+    "is_token", "recipe_json", "validate_recipe",
+]
