@@ -1,0 +1,463 @@
+"""``EdgeFleet``: the AWS IoT side of a fleet of Greengrass V2 core devices.
+
+What a device needs to join and what it is allowed to do once it has:
+
+- an IoT thing group (static, or dynamic with a fleet-indexing query) that deployments
+  target, and optionally some things created up front and added to it;
+- an IoT policy scoped with policy variables: a certificate connects only as the thing
+  it is attached to, and publishes and subscribes only on its own topics
+  (``$aws/things/<thing>/...`` for Greengrass, jobs and shadows, and
+  ``<topic_prefix>/<thing>/...`` for the application);
+- the Greengrass token exchange role (trusted by ``credentials.iot.amazonaws.com``) with
+  read access to the artifact bucket prefix only, and its IoT role alias;
+- optionally a fleet provisioning template, so devices join with a shared claim
+  certificate and receive their own certificate, thing and policy.
+
+The names (thing group, policy, role alias) are what the Greengrass installer takes:
+``--thing-group-name``, ``--thing-policy-name``, ``--tes-role-alias-name``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Optional, Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_iot as iot
+from aws_cdk import aws_s3 as s3
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+#: The policy variable AWS IoT replaces with the name of the thing the certificate is attached to.
+THING = "${iot:Connection.Thing.ThingName}"
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
+_THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
+_TOPIC_PREFIX = re.compile(r"^[a-zA-Z0-9_-]+(/[a-zA-Z0-9_-]+)*$")
+# The longest suffix the fleet adds to its name (role alias name: 128 characters at most).
+_MAX_FLEET_NAME = 128 - len("-TokenExchangeRoleAlias")
+# The singleton Lambda function every AwsCustomResource in a stack shares.
+_AWS_CUSTOM_RESOURCE_ID = "AWS679f53fac002430cb0da5b7982bd2287"
+
+
+class EdgeFleet(Construct):
+    """A fleet of Greengrass V2 core devices: thing group, IoT policy, token exchange role.
+
+    Parameters
+    ----------
+    scope, id:
+        Where the fleet goes.
+    fleet_name:
+        Names the thing group (as is), the IoT policy (``<name>-DevicePolicy``), the role
+        alias (``<name>-TokenExchangeRoleAlias``) and the provisioning template. Letters,
+        digits, ``-`` and ``_``. Default: a name unique to this construct's path.
+    dynamic_query:
+        A fleet-indexing query (``attributes.fleet:cameras``): the thing group is then a
+        dynamic thing group whose members are the things matching it (fleet indexing
+        must be enabled in the account). Default: a static thing group.
+    thing_names:
+        Things to create now and add to the (static) group, e.g. devices whose
+        certificates are registered separately. Default: none; devices register
+        themselves (the Greengrass installer with ``--provision``, or fleet provisioning).
+    artifact_bucket:
+        The bucket holding the compiled models and device bundles; the token exchange
+        role may read (``s3:GetObject``) objects under ``artifact_prefix`` only, and
+        decrypt with the bucket's KMS key. Default: no bucket; components grant read on
+        their own artifacts when deployed (``EdgeDeployment`` does it).
+    artifact_prefix:
+        The key prefix devices may read in ``artifact_bucket``. Default: ``""`` (the
+        whole bucket).
+    topic_prefix:
+        The application's MQTT topics are ``<topic_prefix>/<thing name>/...``. Default:
+        ``neo-edge``.
+    credential_duration:
+        How long the credentials a device gets through the role alias last (15 minutes
+        to 12 hours). Default: one hour.
+    fleet_provisioning:
+        Create a fleet provisioning template (and the claim certificate's IoT policy,
+        ``claim_policy``) so that devices holding a claim certificate can register:
+        each gets a thing named by the device, its own certificate, this fleet's policy,
+        and membership of the (static) group. Default: no template.
+
+    Attributes
+    ----------
+    thing_group:
+        The ``AWS::IoT::ThingGroup`` (the construct's ``Resource``).
+    policy, token_exchange_role, role_alias, things, provisioning_template, claim_policy:
+        The resources created (the last two ``None`` without fleet provisioning).
+    """
+
+    def __init__(self, scope: Construct, id: str, *, fleet_name: Optional[str] = None,
+                 dynamic_query: Optional[str] = None, thing_names: Sequence[str] = (),
+                 artifact_bucket: Optional[s3.IBucket] = None, artifact_prefix: str = "",
+                 topic_prefix: str = "neo-edge",
+                 credential_duration: Optional[cdk.Duration] = None,
+                 fleet_provisioning: bool = False) -> None:
+        super().__init__(scope, id)
+        name = fleet_name if fleet_name is not None else cdk.Names.unique_resource_name(
+            self, max_length=64, separator="-")
+        _check_name(name)
+        if not _TOPIC_PREFIX.match(topic_prefix or ""):
+            raise ValueError(f"topic_prefix must be topic levels of letters, digits, '-' and '_' "
+                             f"without wildcards or a leading '$'; got {topic_prefix!r}")
+        if dynamic_query is not None and not dynamic_query.strip():
+            raise ValueError(f"dynamic_query must be a fleet indexing query; got {dynamic_query!r}")
+        if dynamic_query is not None and thing_names:
+            raise ValueError(f"thing_names cannot be added to a dynamic thing group (its members "
+                             f"are the things matching {dynamic_query!r}); got "
+                             f"{', '.join(thing_names)}")
+        if dynamic_query is not None and fleet_provisioning:
+            raise ValueError("fleet_provisioning needs a static thing group to add devices to; "
+                             f"got dynamic_query {dynamic_query!r}")
+        for thing in thing_names:
+            if not cdk.Token.is_unresolved(thing) and (
+                    not _THING_NAME.match(thing) or len(thing) > 128):
+                raise ValueError(f"thing names must be 1 to 128 letters, digits, ':', '-' or '_'; "
+                                 f"got {thing!r}")
+        if len(set(thing_names)) != len(thing_names):
+            raise ValueError(f"thing_names must not repeat; got {', '.join(thing_names)}")
+        seconds = (credential_duration or cdk.Duration.hours(1)).to_seconds()
+        if not cdk.Token.is_unresolved(seconds) and not 900 <= seconds <= 43200:
+            raise ValueError(f"credential_duration must be from 15 minutes to 12 hours; "
+                             f"got {seconds} seconds")
+        if artifact_prefix and (artifact_prefix.startswith("/") or "*" in artifact_prefix):
+            raise ValueError(f"artifact_prefix must be a key prefix without a leading '/' or "
+                             f"'*'; got {artifact_prefix!r}")
+
+        stack = cdk.Stack.of(self)
+        self.fleet_name = name
+        self.topic_prefix = topic_prefix
+        self.is_dynamic = dynamic_query is not None
+
+        self.thing_group = iot.CfnThingGroup(
+            self, "Resource", thing_group_name=name, query_string=dynamic_query,
+            thing_group_properties=iot.CfnThingGroup.ThingGroupPropertiesProperty(
+                thing_group_description=f"neo-edge fleet {name}"))
+        #: The thing group's name (what deployments and the installer use).
+        self.thing_group_name = name
+        self.thing_group_arn = stack.format_arn(service="iot", resource="thinggroup",
+                                                resource_name=name)
+
+        # --- token exchange role and role alias -------------------------------------
+        self.token_exchange_role = iam.Role(
+            self, "TokenExchangeRole",
+            assumed_by=iam.ServicePrincipal("credentials.iot.amazonaws.com"),
+            description=f"Greengrass token exchange role of the neo-edge fleet {name}",
+            max_session_duration=cdk.Duration.seconds(max(3600, seconds))
+            if not cdk.Token.is_unresolved(seconds) else None,
+        )
+        log_groups = stack.format_arn(service="logs", resource="log-group",
+                                      resource_name="/aws/greengrass/*",
+                                      arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+        self.token_exchange_role.add_to_principal_policy(iam.PolicyStatement(
+            sid="GreengrassLogManager",
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                     "logs:DescribeLogStreams"],
+            resources=[log_groups]))
+        acknowledge_wildcards(
+            self.token_exchange_role, [log_groups],
+            reason="the Greengrass log manager on each device creates a log group per component "
+                   "under /aws/greengrass/ (names known only on the device); the role may write "
+                   "logs there and nowhere else")
+        self._artifact_wildcard: Optional[str] = None
+        if artifact_bucket is not None:
+            self.allow_artifact_read(artifact_bucket, f"{artifact_prefix}*")
+            self._artifact_wildcard = f"{artifact_prefix}*"
+        self.role_alias = iot.CfnRoleAlias(
+            self, "RoleAlias", role_arn=self.token_exchange_role.role_arn,
+            role_alias=f"{name}-TokenExchangeRoleAlias", credential_duration_seconds=seconds)
+        self.role_alias_name = f"{name}-TokenExchangeRoleAlias"
+        self.role_alias_arn = self.role_alias.attr_role_alias_arn
+
+        # --- the device policy -----------------------------------------------------
+        self.policy_name = f"{name}-DevicePolicy"
+        self.policy = iot.CfnPolicy(self, "DevicePolicy", policy_name=self.policy_name,
+                                    policy_document=self._device_policy(stack))
+
+        # --- things listed up front ----------------------------------------------------
+        self.things: list = []
+        for i, thing in enumerate(thing_names):
+            cfn_thing = iot.CfnThing(self, f"Thing{i}", thing_name=thing)
+            self.things.append(cfn_thing)
+        if thing_names:
+            self._add_members(stack, list(thing_names))
+
+        # --- fleet provisioning ----------------------------------------------------------
+        self.provisioning_template: Optional[iot.CfnProvisioningTemplate] = None
+        self.claim_policy: Optional[iot.CfnPolicy] = None
+        self.provisioning_role: Optional[iam.Role] = None
+        if fleet_provisioning:
+            self._fleet_provisioning(stack)
+
+        cdk.CfnOutput(self, "ThingGroupName", value=name,
+                      description="greengrass installer --thing-group-name")
+        cdk.CfnOutput(self, "ThingPolicyName", value=self.policy_name,
+                      description="greengrass installer --thing-policy-name")
+        cdk.CfnOutput(self, "TokenExchangeRoleAliasName", value=self.role_alias_name,
+                      description="greengrass installer --tes-role-alias-name")
+
+    # ------------------------------------------------------------------------------
+    # Public API
+
+    def allow_artifact_read(self, bucket: s3.IBucket, *key_patterns: str) -> iam.Grant:
+        """Let the fleet's devices download ``bucket`` objects matching ``key_patterns``.
+
+        Only ``s3:GetObject`` on those keys (and ``kms:Decrypt`` with the bucket's key,
+        if it has one), on the token exchange role.
+        """
+        if not key_patterns:
+            raise ValueError("allow_artifact_read needs at least one key or key pattern; got none")
+        grant = iam.Grant.add_to_principal(
+            grantee=self.token_exchange_role, actions=["s3:GetObject"],
+            resource_arns=[bucket.arn_for_objects(k) for k in key_patterns])
+        if bucket.encryption_key is not None:
+            bucket.encryption_key.grant_decrypt(self.token_exchange_role)
+        wildcards = [bucket.arn_for_objects(k) for k in key_patterns if "*" in k]
+        if wildcards:
+            acknowledge_wildcards(
+                self.token_exchange_role, wildcards,
+                reason="devices download the artifacts of whichever component version is "
+                       "deployed; object keys under the fleet's artifact prefix change with every "
+                       "compiled model, so the role may s3:GetObject under that prefix only")
+        return grant
+
+    def grant_deploy(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` create, read and cancel Greengrass deployments to this fleet.
+
+        What the ``deployment_manager`` Lambda of a retraining pipeline needs:
+        ``greengrass:CreateDeployment`` and the IoT job and shadow actions it calls on
+        the caller's behalf, on this thing group, its things, and deployment jobs.
+        """
+        stack = cdk.Stack.of(self)
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["greengrass:CreateDeployment", "greengrass:GetDeployment",
+                     "greengrass:CancelDeployment", "greengrass:ListDeployments",
+                     "iot:CancelJob", "iot:CreateJob", "iot:DescribeJob", "iot:UpdateJob",
+                     "iot:DescribeThing", "iot:DescribeThingGroup", "iot:GetThingShadow",
+                     "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
+            resource_arns=[
+                self.thing_group_arn,
+                stack.format_arn(service="iot", resource="thing", resource_name="*"),
+                stack.format_arn(service="iot", resource="job", resource_name="*"),
+                stack.format_arn(service="greengrass", resource="deployments",
+                                 resource_name="*", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME),
+            ])
+
+    def grant_publish_to_devices(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` publish on the fleet's application topics (``<prefix>/*``)."""
+        stack = cdk.Stack.of(self)
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["iot:Publish"],
+            resource_arns=[stack.format_arn(service="iot", resource="topic",
+                                            resource_name=f"{self.topic_prefix}/*")])
+
+    def grant_describe(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read the fleet's thing group and list its members."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["iot:DescribeThingGroup", "iot:ListThingsInThingGroup"],
+            resource_arns=[self.thing_group_arn])
+
+    # ------------------------------------------------------------------------------
+    # Internals
+
+    def _device_policy(self, stack: cdk.Stack) -> dict:
+        def arn(resource: str, name: str) -> str:
+            return stack.format_arn(service="iot", resource=resource, resource_name=name)
+
+        own_topics = [f"$aws/things/{THING}/greengrass/*", f"$aws/things/{THING}/greengrassv2/*",
+                      f"$aws/things/{THING}/jobs/*", f"$aws/things/{THING}/shadow/*",
+                      f"{self.topic_prefix}/{THING}/*"]
+        return {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Sid": "ConnectAsOwnThingOnly", "Effect": "Allow", "Action": "iot:Connect",
+                 # The nucleus opens extra connections as <thing>#2, <thing>#3, ...
+                 "Resource": [arn("client", THING), arn("client", f"{THING}#*")],
+                 "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}},
+                {"Sid": "OwnTopics", "Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+                 "Resource": [arn("topic", t) for t in own_topics]},
+                {"Sid": "OwnTopicFilters", "Effect": "Allow", "Action": "iot:Subscribe",
+                 "Resource": [arn("topicfilter", t) for t in own_topics]},
+                {"Sid": "OwnShadow", "Effect": "Allow",
+                 "Action": ["iot:GetThingShadow", "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
+                 "Resource": arn("thing", THING)},
+                {"Sid": "TokenExchange", "Effect": "Allow", "Action": "iot:AssumeRoleWithCertificate",
+                 "Resource": self.role_alias.attr_role_alias_arn},
+                # Greengrass data-plane calls of the nucleus; AWS's minimal core device
+                # policy grants them on * (their resources are resolved by the service).
+                {"Sid": "GreengrassDataPlane", "Effect": "Allow",
+                 "Action": ["greengrass:GetComponentVersionArtifact",
+                            "greengrass:ResolveComponentCandidates",
+                            "greengrass:GetDeploymentConfiguration",
+                            "greengrass:ListThingGroupsForCoreDevice"],
+                 "Resource": "*"},
+            ],
+        }
+
+    def _add_members(self, stack: cdk.Stack, thing_names: list) -> None:
+        """Add the listed things to the static group (CloudFormation has no resource for it)."""
+        thing_arns = [stack.format_arn(service="iot", resource="thing", resource_name=t)
+                      for t in thing_names]
+        for i, (thing, thing_arn) in enumerate(zip(thing_names, thing_arns)):
+            call = dict(service="Iot", action="addThingToThingGroup",
+                        parameters={"thingGroupName": self.fleet_name, "thingName": thing},
+                        physical_resource_id=cr.PhysicalResourceId.of(f"{self.fleet_name}/{thing}"))
+            member = cr.AwsCustomResource(
+                self, f"Member{i}",
+                on_create=cr.AwsSdkCall(**call),
+                on_update=cr.AwsSdkCall(**call),
+                on_delete=cr.AwsSdkCall(
+                    service="Iot", action="removeThingFromThingGroup",
+                    parameters={"thingGroupName": self.fleet_name, "thingName": thing}),
+                policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+                    actions=["iot:AddThingToThingGroup", "iot:RemoveThingFromThingGroup"],
+                    resources=[self.thing_group_arn, thing_arn])]),
+                install_latest_aws_sdk=False,
+            )
+            member.node.add_dependency(self.thing_group)
+            member.node.add_dependency(self.things[i])
+        provider = stack.node.try_find_child(_AWS_CUSTOM_RESOURCE_ID)
+        if provider is not None:
+            _acknowledge_custom_resource_provider(provider)
+
+    def _fleet_provisioning(self, stack: cdk.Stack) -> None:
+        template_name = f"{self.fleet_name}-FleetProvisioning"
+        role = iam.Role(
+            self, "ProvisioningRole", assumed_by=iam.ServicePrincipal("iot.amazonaws.com"),
+            description=f"fleet provisioning of the neo-edge fleet {self.fleet_name}")
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="RegisterDevices",
+            actions=["iot:CreateThing", "iot:DescribeThing", "iot:UpdateThing",
+                     "iot:AddThingToThingGroup", "iot:ListThingGroupsForThing",
+                     "iot:UpdateThingGroupsForThing", "iot:DescribeThingGroup",
+                     "iot:AttachThingPrincipal", "iot:ListThingPrincipals",
+                     "iot:DescribeCertificate", "iot:UpdateCertificate",
+                     "iot:CreateCertificateFromCsr", "iot:RegisterCertificate",
+                     "iot:RegisterThing", "iot:AttachPolicy", "iot:ListAttachedPolicies",
+                     "iot:GetPolicy", "iot:ListPrincipalThings"],
+            resources=[
+                stack.format_arn(service="iot", resource="thing", resource_name="*"),
+                stack.format_arn(service="iot", resource="cert", resource_name="*"),
+                self.thing_group_arn,
+                stack.format_arn(service="iot", resource="policy", resource_name=self.policy_name),
+            ]))
+        acknowledge_wildcards(
+            role, [stack.format_arn(service="iot", resource="thing", resource_name="*"),
+                   stack.format_arn(service="iot", resource="cert", resource_name="*")],
+            reason="the provisioning role registers devices it cannot know in advance: thing "
+                   "names are chosen by each device at provisioning and certificate ids are "
+                   "issued then, so thing/* and cert/* are the narrowest resources; the thing "
+                   "group and the policy it attaches are named exactly")
+        body = {
+            "Parameters": {"ThingName": {"Type": "String"},
+                           "AWS::IoT::Certificate::Id": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing",
+                          "OverrideSettings": {"AttributePayload": "MERGE", "ThingGroups": "DO_NOTHING"},
+                          "Properties": {"ThingName": {"Ref": "ThingName"},
+                                         "ThingGroups": [self.fleet_name],
+                                         "AttributePayload": {}}},
+                "certificate": {"Type": "AWS::IoT::Certificate",
+                                "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"},
+                                               "Status": "Active"}},
+                "policy": {"Type": "AWS::IoT::Policy",
+                           "Properties": {"PolicyName": self.policy_name}},
+            },
+        }
+        template = iot.CfnProvisioningTemplate(
+            self, "ProvisioningTemplate", template_name=template_name,
+            description=f"claim-certificate provisioning into the neo-edge fleet {self.fleet_name}",
+            enabled=True, provisioning_role_arn=role.role_arn,
+            template_body=json.dumps(body, sort_keys=True))
+        template.node.add_dependency(self.thing_group)
+        template.node.add_dependency(self.policy)
+
+        def arn(resource: str, name: str) -> str:
+            return stack.format_arn(service="iot", resource=resource, resource_name=name)
+
+        claim_topics = ["$aws/certificates/create/*",
+                        f"$aws/provisioning-templates/{template_name}/provision/*"]
+        self.claim_policy = iot.CfnPolicy(
+            self, "ClaimPolicy", policy_name=f"{self.fleet_name}-ClaimPolicy",
+            policy_document={
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "iot:Connect",
+                     "Resource": arn("client", "${iot:ClientId}")},
+                    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+                     "Resource": [arn("topic", t) for t in claim_topics]},
+                    {"Effect": "Allow", "Action": "iot:Subscribe",
+                     "Resource": [arn("topicfilter", t) for t in claim_topics]},
+                ]})
+        self.provisioning_template = template
+        self.provisioning_role = role
+        self.provisioning_template_name = template_name
+        cdk.CfnOutput(self, "ProvisioningTemplateName", value=template_name,
+                      description="fleet provisioning template for claim certificates")
+
+    @property
+    def artifact_key_pattern(self) -> Optional[str]:
+        """The key pattern the fleet may read in its artifact bucket, if it has one."""
+        return self._artifact_wildcard
+
+
+def nag_wildcard_ids(scope: Construct, *arns: str) -> list:
+    """cdk-nag's ``AwsSolutions-IAM5[Resource::...]`` finding ids for wildcard resource ARNs.
+
+    cdk-nag names each wildcard resource as it renders the resolved ARN: ``Ref`` as
+    ``<Name>``, ``Fn::GetAtt`` as ``<Resource.Attribute>``, ``Fn::Join`` concatenated.
+    Acknowledging each exact finding (rather than the whole rule) keeps any other
+    wildcard that appears later a finding.
+    """
+    stack = cdk.Stack.of(scope)
+
+    def render(value) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and "Ref" in value:
+            return f"<{value['Ref']}>"
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            return f"<{'.'.join(value['Fn::GetAtt'])}>"
+        if isinstance(value, dict) and "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return sep.join(render(p) for p in parts)
+        raise ValueError(f"cannot render {value!r} as cdk-nag does")
+
+    return [f"AwsSolutions::AwsSolutions-IAM5[Resource::{render(stack.resolve(a))}]" for a in arns]
+
+
+def acknowledge_wildcards(scope: Construct, arns, reason: str) -> None:
+    """Acknowledge the IAM5 finding of each wildcard ARN in ``arns`` on ``scope``."""
+    for finding in nag_wildcard_ids(scope, *arns):
+        cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=finding, reason=reason))
+
+
+def _check_name(name: str) -> None:
+    if cdk.Token.is_unresolved(name):
+        raise ValueError("fleet_name must be a literal string: the installer and the fleet "
+                         "provisioning template need it at synth time; got a token")
+    if not _NAME.match(name) or len(name) > _MAX_FLEET_NAME:
+        raise ValueError(f"fleet_name must be 1 to {_MAX_FLEET_NAME} letters, digits, '-' or '_'; "
+                         f"got {name!r}")
+
+
+def _acknowledge_custom_resource_provider(provider: Construct) -> None:
+    """The findings of the Lambda function CDK's AwsCustomResource shares in a stack."""
+    validations = cdk.Validations.of(provider)
+    # aws-cdk-lib makes the function depend on its role explicitly and through GetAtt.
+    provider.node.default_child.add_metadata(
+        "cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
+    validations.acknowledge(cdk.Acknowledgment(
+        id="AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
+           "service-role/AWSLambdaBasicExecutionRole]",
+        reason="the function behind CDK's AwsCustomResource uses the AWS managed "
+               "AWSLambdaBasicExecutionRole only to write its own logs; the SDK calls it "
+               "makes are granted separately, on the exact thing group and things"))
+    validations.acknowledge(cdk.Acknowledgment(
+        id="AwsSolutions::AwsSolutions-L1",
+        reason="the runtime of the function behind CDK's AwsCustomResource is chosen and "
+               "kept current by aws-cdk-lib (the latest Node.js it supports), not by this "
+               "library"))
