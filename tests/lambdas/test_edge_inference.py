@@ -605,3 +605,98 @@ def test_settings_from_the_greengrass_environment(edge):
     assert settings.results_topic == f"neo-edge/{THING}/results"
     assert settings.errors_topic == f"neo-edge/{THING}/errors"
     assert settings.num_threads is None and settings.max_batch == 16
+
+
+# --- the real runtime -------------------------------------------------------------------
+
+
+def _tiny_onnx(path: Path, weight: np.ndarray) -> Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(weight, "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Two versions of a tiny classifier compiled for this host by the real compiler."""
+    try:
+        from neo_edge_runtime.compiler import compile_model
+    except ImportError as exc:  # the compiler is part of the runtime package's build extra
+        pytest.skip(f"neo_edge_runtime.compiler is not importable: {exc}")
+    root = tmp_path_factory.mktemp("compiled")
+    metadata = {"task": "classification", "labels": ["a", "b", "c"]}
+    out = {}
+    for version, weight in (("1.0.0", WEIGHT), ("2.0.0", -WEIGHT)):
+        source = _tiny_onnx(root / f"tiny-{version}.onnx", weight)
+        out[version] = compile_model(source, target="host", output_dir=root / version,
+                                     name="tiny", version=version, metadata=metadata)
+    return out
+
+
+def _softmax_rows(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_served_through_the_handler(edge, compiled, tmp_path):
+    ipc = FakeIpc()
+    service = edge.InferenceService(
+        edge.Settings(model_dir=str(compiled["1.0.0"]), store_dir=str(tmp_path / "store"),
+                      device=THING, results_topic="r", errors_topic="e"),
+        publisher=edge.IpcPublisher(ipc))
+    edge.set_service(service)
+    x = np.array([[1.0, 0.5, -1.0, 2.0]], np.float32)
+
+    by_data = edge.handler({"request_id": "r-1", "data": x.tolist()})
+    by_bytes = edge.handler(x.tobytes())
+    bad = edge.handler({"request_id": "r-3", "data": [1.0, 2.0]})
+
+    expected = _softmax_rows(x @ WEIGHT)[0]
+    order = np.argsort(-expected)
+    for result in (by_data, by_bytes):
+        assert (result["model_name"], result["model_version"]) == ("tiny", "1.0.0")
+        assert result["labels"] == [["a", "b", "c"][i] for i in order]
+        np.testing.assert_allclose(result["scores"], expected[order], rtol=1e-4, atol=1e-6)
+    assert bad["error"]["type"] == "PayloadError"
+    assert [m["request_id"] for m in ipc.on("r")] == ["r-1", by_bytes["request_id"]]
+    assert [m["request_id"] for m in ipc.on("e")] == ["r-3"]
+
+
+@pytest.mark.slow
+def test_the_model_store_swaps_versions_and_keeps_a_broken_one_out(edge, compiled, tmp_path):
+    import shutil
+
+    ipc = FakeIpc()
+    service = edge.InferenceService(
+        edge.Settings(model_dir=str(compiled["1.0.0"]), store_dir=str(tmp_path / "store"),
+                      device=THING, results_topic="r", errors_topic="e"),
+        publisher=edge.IpcPublisher(ipc))
+    x = {"data": [[1.0, 0.5, -1.0, 2.0]]}
+
+    service.on_configuration({"modelPath": str(compiled["2.0.0"])})
+    [v2] = service.handle([x])
+    assert v2["model_version"] == "2.0.0"
+    expected = _softmax_rows(np.array(x["data"], np.float32) @ -WEIGHT)[0]
+    assert v2["scores"][0] == pytest.approx(float(expected.max()), rel=1e-4)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(compiled["1.0.0"], broken)
+    library = next(p for p in broken.iterdir() if p.suffix == ".so")
+    library.write_bytes(library.read_bytes()[:-16] + b"\0" * 16)  # tampered: digest mismatch
+    service.on_configuration({"modelPath": str(broken)})
+
+    [still] = service.handle([x])
+    assert still["model_version"] == "2.0.0"
+    assert ipc.on("e")[0]["error"]["type"] == "ModelUpdateError"
