@@ -531,11 +531,15 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
     if not isinstance(topic_prefix, str) or not topic_prefix or any(c in topic_prefix for c in "#+"):
         raise RecipeError(f"inference configuration topicPrefix must be a topic without "
                           f"wildcards; got {topic_prefix!r}")
+    # The nucleus takes the first manifest whose platform matches the device, and a
+    # Jetson (accelerator=nvidia) also matches the plain aarch64 manifest: the more
+    # specific platforms go first (stable order otherwise).
+    ordered = sorted(platforms, key=lambda p: -len(p.platform))
     manifests = [
         Manifest(platform=p.platform, name=p.name, artifacts=(p.runtime, p.model),
                  lifecycle={"install": {"Script": install_script, "Timeout": 300},
                             "run": run_script})
-        for p in platforms
+        for p in ordered
     ]
     access = access_control(
         component_name,

@@ -66,17 +66,18 @@ def test_schema_check_can_fail(validator, inference):
     assert len(gdk_valid(validator, broken)) == 2
 
 
-def test_one_manifest_per_platform_with_greengrass_names(inference):
+def test_one_manifest_per_platform_with_greengrass_names_most_specific_first(inference):
     assert [m["Platform"] for m in inference["Manifests"]] == [
+        {"os": "linux", "architecture": "aarch64", "accelerator": "nvidia"},
         {"os": "linux", "architecture": "aarch64"},
         {"os": "linux", "architecture": "arm"},
         {"os": "linux", "architecture": "amd64"},
-        {"os": "linux", "architecture": "aarch64", "accelerator": "nvidia"},
     ]
+    assert [m["Name"] for m in inference["Manifests"]] == ["jetson_xavier", "rasp4b", "rasp3b", "ml_c5"]
 
 
 def test_manifest_ships_runtime_bundle_then_model(inference):
-    arts = inference["Manifests"][1]["Artifacts"]
+    arts = inference["Manifests"][2]["Artifacts"]
     assert [a["Uri"] for a in arts] == ["s3://bucket/runtime/armv7l.zip", "s3://bucket/models/rasp3b.zip"]
     assert arts[1]["Digest"] == base64.b64encode(bytes.fromhex("ab" * 32)).decode()
     assert arts[1]["Algorithm"] == "SHA-256"
@@ -84,7 +85,7 @@ def test_manifest_ships_runtime_bundle_then_model(inference):
 
 
 def test_lifecycle_installs_then_runs(inference):
-    life = inference["Manifests"][0]["Lifecycle"]
+    life = inference["Manifests"][1]["Lifecycle"]
     assert set(life) == {"Install", "Run"}
     assert "tar -xzf" in life["Install"]["Script"]
     assert "{configuration:/inputTopic}" in life["Run"]
