@@ -661,25 +661,28 @@ class InferenceService:
         if isinstance(payload, (bytes, bytearray, memoryview)):
             data = bytes(payload)
             self._check_size(len(data))
-            stripped = data.lstrip()
-            if stripped[:1] in (b"{", b"["):
+            if data.lstrip()[:1] in (b"{", b"["):
                 try:
                     payload = json.loads(data)
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise PayloadError(f"payload is not valid JSON: {exc}") from None
+                    # Raw tensor bytes may happen to start like JSON.
+                    raw = self._raw_tensor(model, data)
+                    if raw is None:
+                        raise PayloadError(f"payload is not valid JSON: {exc}") from None
+                    return raw
             elif _is_image(data):
                 spec = _single_input(model)
                 return Request(uuid.uuid4().hex, {spec["name"]: self._image(data, spec)})
             else:
-                spec = _single_input(model)
-                dtype = np.dtype(spec["dtype"])
-                expected = math.prod(spec["shape"]) * dtype.itemsize
-                if len(data) != expected:
-                    raise PayloadError(f"raw payload of {len(data)} bytes is neither JSON, an image, "
-                                       f"nor input {spec['name']!r} ({expected} bytes of "
-                                       f"{dtype} {list(spec['shape'])})")
-                array = np.frombuffer(data, dtype=dtype).reshape(spec["shape"])
-                return Request(uuid.uuid4().hex, {spec["name"]: array})
+                raw = self._raw_tensor(model, data)
+                if raw is None:
+                    spec = _single_input(model)
+                    dtype = np.dtype(spec["dtype"])
+                    raise PayloadError(
+                        f"raw payload of {len(data)} bytes is neither JSON, an image, nor input "
+                        f"{spec['name']!r} ({math.prod(spec['shape']) * dtype.itemsize} bytes of "
+                        f"{dtype} {list(spec['shape'])})")
+                return raw
         elif isinstance(payload, str):
             self._check_size(len(payload.encode()))
             try:
@@ -705,6 +708,18 @@ class InferenceService:
         except PayloadError as exc:
             exc.request_id = request_id  # type: ignore[attr-defined]
             raise
+
+    @staticmethod
+    def _raw_tensor(model: Any, data: bytes) -> Optional[Request]:
+        """The single input's tensor when ``data`` is exactly its raw bytes, else None."""
+        if len(model.inputs) != 1:
+            return None
+        spec = model.inputs[0]
+        dtype = np.dtype(spec["dtype"])
+        if len(data) != math.prod(spec["shape"]) * dtype.itemsize:
+            return None
+        array = np.frombuffer(data, dtype=dtype).reshape(spec["shape"])
+        return Request(uuid.uuid4().hex, {spec["name"]: array})
 
     def _check_size(self, size: int) -> None:
         if size > self.settings.max_payload_bytes:

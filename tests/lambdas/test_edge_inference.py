@@ -274,6 +274,14 @@ def test_raw_binary_tensor(edge):
     np.testing.assert_array_equal(f.store.current.calls[0]["input"], x)
 
 
+def test_raw_tensor_bytes_that_look_like_json_are_still_a_tensor(edge):
+    f = make(edge)
+    x = np.frombuffer(b"{   " * 4, dtype=np.float32).reshape(1, 4)
+    [result] = f.service.handle([x.tobytes()])
+    assert "error" not in result
+    np.testing.assert_array_equal(f.store.current.calls[0]["input"], x)
+
+
 # --- images -----------------------------------------------------------------------------
 
 
