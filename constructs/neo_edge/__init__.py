@@ -1,0 +1,12 @@
+from .storage import ModelArtifactBucket  # noqa: F401
+from .choices import AlgorithmImage  # noqa: F401
+from .choices import CompilerOptions  # noqa: F401
+from .choices import Framework  # noqa: F401
+from .choices import InstanceType  # noqa: F401
+from .choices import NeoInferenceImage  # noqa: F401
+from .choices import TargetDevice  # noqa: F401
+from .choices import TargetPlatform  # noqa: F401
+from .training import TrainingJob  # noqa: F401
+from .compilation import NeoCompilationJob  # noqa: F401
+from .compilation import NeoCompilationSet  # noqa: F401
+from .endpoint import CloudInferenceEndpoint  # noqa: F401

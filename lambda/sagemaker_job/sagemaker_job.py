@@ -6,6 +6,7 @@ Resource properties, as the constructs write them::
     Kind:          "training" | "compilation"
     JobNamePrefix: "stack-jobname-abcd1234"   (<= 50 characters, [a-zA-Z0-9-])
     Request:       JSON string of the Create*Job request without its job name
+    RunId:         optional; part of the name hash only (bump it to rerun the same inputs)
 
 The job name is ``<prefix>-<first 12 hex digits of sha256(kind + canonical request)>``:
 a change of any input gives a new job (and CloudFormation then deletes the old
@@ -83,7 +84,7 @@ def sagemaker_client():
     return _client_cache
 
 
-def _properties(event: CloudFormationCustomResourceEvent) -> tuple[str, str, dict]:
+def _properties(event: CloudFormationCustomResourceEvent) -> tuple[str, str, dict, str]:
     props = event.resource_properties or {}
     kind = props.get("Kind")
     if kind not in KINDS:
@@ -100,13 +101,15 @@ def _properties(event: CloudFormationCustomResourceEvent) -> tuple[str, str, dic
         raise ValueError(f"resource property Request must be a JSON object; {exc}") from None
     if not isinstance(request, dict):
         raise ValueError(f"resource property Request must be a JSON object; got {raw!r}")
-    return kind, prefix, request
+    return kind, prefix, request, str(props.get("RunId") or "")
 
 
-def job_name(kind: str, prefix: str, request: dict) -> str:
+def job_name(kind: str, prefix: str, request: dict, run_id: str = "") -> str:
     """``<prefix>-<hash>``: the same inputs, the same name; any change, a new name."""
-    canonical = json.dumps({"Kind": kind, "Request": request}, sort_keys=True,
-                           separators=(",", ":"))
+    inputs: dict = {"Kind": kind, "Request": request}
+    if run_id:
+        inputs["RunId"] = run_id
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
     return f"{prefix}-{digest}"
 
@@ -191,14 +194,14 @@ def on_event(event: dict, context: LambdaContext) -> dict:
     """Create/Update start a job (named from its inputs); Delete stops a running one."""
     cfn = CloudFormationCustomResourceEvent(event)
     request_type = cfn.request_type
-    kind, prefix, request = _properties(cfn)
+    kind, prefix, request, run_id = _properties(cfn)
     logger.append_keys(request_type=request_type, kind=kind)
     if request_type == "Delete":
         _stop(kind, cfn.physical_resource_id)
         return {"PhysicalResourceId": cfn.physical_resource_id}
     if request_type not in ("Create", "Update"):
         raise ValueError(f"RequestType must be Create, Update or Delete; got {request_type!r}")
-    name = job_name(kind, prefix, request)
+    name = job_name(kind, prefix, request, run_id)
     if request_type == "Update" and cfn.physical_resource_id != name:
         logger.info("inputs changed: new job", extra={"old": cfn.physical_resource_id,
                                                       "new": name})
@@ -211,7 +214,7 @@ def is_complete(event: dict, context: LambdaContext) -> dict:
     cfn = CloudFormationCustomResourceEvent(event)
     if cfn.request_type == "Delete":
         return {"IsComplete": True}
-    kind, _, _ = _properties(cfn)
+    kind, _, _, _ = _properties(cfn)
     spec = KINDS[kind]
     name = cfn.physical_resource_id
     try:
@@ -235,5 +238,8 @@ def is_complete(event: dict, context: LambdaContext) -> dict:
         return {"IsComplete": False}
     artifacts = job.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     logger.info("job completed", extra={"job_name": name, "model_artifacts": artifacts})
-    return {"IsComplete": True, "Data": {"JobName": name, "JobArn": job[spec["arn_key"]],
-                                         "ModelArtifacts": artifacts}}
+    data = {"JobName": name, "JobArn": job[spec["arn_key"]], "ModelArtifacts": artifacts}
+    if kind == "compilation":
+        # The Neo inference container SageMaker chose for this framework and target.
+        data["InferenceImage"] = job.get("InferenceImage") or ""
+    return {"IsComplete": True, "Data": data}

@@ -99,6 +99,19 @@ def test_job_name_changes_with_any_input(handler):
         handler.job_name("training", PREFIX, TRAINING)
 
 
+def test_run_id_gives_a_new_name_for_the_same_inputs(handler):
+    assert handler.job_name("training", PREFIX, TRAINING, "2") != \
+        handler.job_name("training", PREFIX, TRAINING)
+
+
+def test_rerun_with_a_new_run_id_starts_a_new_job(handler, backend):
+    first = handler.on_event(event("Create"), context())["PhysicalResourceId"]
+    rerun = event("Update", physical_id=first)
+    rerun["ResourceProperties"]["RunId"] = "2"
+    second = handler.on_event(rerun, context())["PhysicalResourceId"]
+    assert second != first and second in backend.training_jobs
+
+
 def test_longest_prefix_fits_sagemakers_limit(handler):
     prefix = "a" * handler.MAX_PREFIX
     assert len(handler.job_name("training", prefix, TRAINING)) == 63
@@ -355,7 +368,7 @@ def test_compilation_job_happy_path(handler, backend):
     done = handler.is_complete(event("Create", kind="compilation", physical_id=name), context())
     assert done == {"IsComplete": True, "Data": {
         "JobName": name, "JobArn": backend.compilation_jobs[name].arn,
-        "ModelArtifacts": "s3://bucket/compiled/rasp4b"}}
+        "ModelArtifacts": "s3://bucket/compiled/rasp4b", "InferenceImage": "InferenceImage"}}
 
 
 def test_failed_compilation_reports_the_reason(handler, backend):

@@ -1,0 +1,125 @@
+"""``ModelArtifactBucket``: where training data, trained and compiled models live."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+
+#: Key prefix of the artifact bucket's access logs in the logs bucket.
+ACCESS_LOG_PREFIX = "model-artifacts/"
+
+
+def _pattern(prefix: str) -> str:
+    if cdk.Token.is_unresolved(prefix):
+        return f"{prefix}*"
+    if not isinstance(prefix, str) or prefix.startswith("/") or "*" in prefix:
+        raise ValueError(f"prefix must be an S3 key prefix without a leading '/' or '*' "
+                         f"(e.g. 'models/'); got {prefix!r}")
+    return f"{prefix}*"
+
+
+class ModelArtifactBucket(Construct):
+    """An S3 bucket for model artifacts: KMS-encrypted, versioned, TLS only, private.
+
+    Server access logs go to a second bucket; noncurrent object versions expire.
+    Or wrap a bucket you already have (``bucket=``): nothing is created then, and the
+    grants work on that bucket.
+
+    Parameters
+    ----------
+    bucket:
+        An existing bucket to use. Default: a bucket is created (with the settings above).
+    encryption_key:
+        The KMS key of the created bucket. Default: a key with rotation is created.
+        Ignored when ``bucket`` is given (that bucket's own key is used).
+    noncurrent_version_expiration:
+        How long overwritten or deleted versions are kept. Default: 90 days.
+    removal_policy:
+        What happens to the created bucket and key when removed from the stack.
+        Default: retained (models are not rebuilt cheaply).
+    server_access_logs_bucket:
+        Where the created bucket's access logs go. Default: a logs bucket is created.
+    """
+
+    def __init__(self, scope: Construct, id: str, *,
+                 bucket: Optional[s3.IBucket] = None,
+                 encryption_key: Optional[kms.IKey] = None,
+                 noncurrent_version_expiration: cdk.Duration = cdk.Duration.days(90),
+                 removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+                 server_access_logs_bucket: Optional[s3.IBucket] = None) -> None:
+        super().__init__(scope, id)
+        self.access_logs_bucket: Optional[s3.IBucket] = None
+        if bucket is not None:
+            self.bucket: s3.IBucket = bucket
+            self.encryption_key: Optional[kms.IKey] = bucket.encryption_key
+            return
+        self.encryption_key = encryption_key or kms.Key(
+            self, "Key", enable_key_rotation=True, removal_policy=removal_policy,
+            description="neo-edge model artifacts")
+        if server_access_logs_bucket is None:
+            logs_bucket = s3.Bucket(
+                self, "AccessLogs",
+                encryption=s3.BucketEncryption.S3_MANAGED,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                enforce_ssl=True,
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                removal_policy=removal_policy,
+                lifecycle_rules=[s3.LifecycleRule(expiration=cdk.Duration.days(365))],
+            )
+            cdk.Validations.of(logs_bucket).acknowledge(cdk.Acknowledgment(
+                id="AwsSolutions::AwsSolutions-S1",
+                reason="this is the access-log bucket of the model artifact bucket; logging "
+                       "access to the log bucket itself would log its own log deliveries "
+                       "without end. It is private, TLS-only and only S3's log delivery "
+                       "service writes to it"))
+            server_access_logs_bucket = logs_bucket
+        self.access_logs_bucket = server_access_logs_bucket
+        self.bucket = s3.Bucket(
+            self, "Resource",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.encryption_key,
+            bucket_key_enabled=True,
+            versioned=True,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=removal_policy,
+            lifecycle_rules=[s3.LifecycleRule(
+                noncurrent_version_expiration=noncurrent_version_expiration,
+                abort_incomplete_multipart_upload_after=cdk.Duration.days(7))],
+        )
+        # Server access logs through a bucket policy for S3's logging service (not ACLs),
+        # set here so it does not depend on the app's feature flags.
+        cfn_bucket: s3.CfnBucket = self.bucket.node.default_child  # type: ignore[assignment]
+        cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+            destination_bucket_name=server_access_logs_bucket.bucket_name,
+            log_file_prefix=ACCESS_LOG_PREFIX)
+        server_access_logs_bucket.add_to_resource_policy(iam.PolicyStatement(
+            sid="S3ServerAccessLogsFromModelArtifacts",
+            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+            actions=["s3:PutObject"],
+            resources=[server_access_logs_bucket.arn_for_objects(f"{ACCESS_LOG_PREFIX}*")],
+            conditions={"ArnLike": {"aws:SourceArn": self.bucket.bucket_arn},
+                        "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account}}))
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket.bucket_name
+
+    def s3_uri(self, key: str = "") -> str:
+        """``s3://<bucket>/<key>``."""
+        return self.bucket.s3_url_for_object(key) if key else f"s3://{self.bucket.bucket_name}"
+
+    def grant_read_models(self, grantee: iam.IGrantable, prefix: str = "") -> iam.Grant:
+        """Read objects under ``prefix`` (and decrypt them). Default: the whole bucket."""
+        return self.bucket.grant_read(grantee, _pattern(prefix))
+
+    def grant_write_models(self, grantee: iam.IGrantable, prefix: str = "") -> iam.Grant:
+        """Write objects under ``prefix`` (and encrypt them). Default: the whole bucket."""
+        return self.bucket.grant_put(grantee, _pattern(prefix))
