@@ -473,8 +473,10 @@ def _image_uri(scope: Construct, mapping_id: str, accounts: Mapping[str, str],
     if not cdk.Token.is_unresolved(region) and region not in accounts:
         raise ValueError(f"{repository} images are not published in region {region!r}; "
                          f"regions are {', '.join(sorted(accounts))}")
-    account = _region_mapping(scope, mapping_id, accounts).find_in_map(cdk.Aws.REGION, "account")
-    return f"{account}.dkr.ecr.{cdk.Aws.REGION}.{cdk.Aws.URL_SUFFIX}/{repository}:{tag}"
+    # A literal region (an environment-specific stack) inlines the account; otherwise
+    # Fn::FindInMap on AWS::Region picks it at deploy time.
+    account = _region_mapping(scope, mapping_id, accounts).find_in_map(region, "account")
+    return f"{account}.dkr.ecr.{region}.{stack.url_suffix}/{repository}:{tag}"
 
 
 class AlgorithmImage:
