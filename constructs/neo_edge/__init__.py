@@ -10,3 +10,9 @@ from .training import TrainingJob  # noqa: F401
 from .compilation import NeoCompilationJob  # noqa: F401
 from .compilation import NeoCompilationSet  # noqa: F401
 from .endpoint import CloudInferenceEndpoint  # noqa: F401
+from .fleet import EdgeFleet  # noqa: F401
+from .component import CompiledModel, DeviceMount, EventSource, IsolationMode, VolumeMount  # noqa: F401
+from .component import EdgeInferenceComponent, EdgeLambdaComponent  # noqa: F401
+from .deployment import AbortFailureType, ComponentUpdateAction, FailureHandling  # noqa: F401
+from .deployment import DeploymentComponent, EdgeDeployment  # noqa: F401
+from .telemetry import EdgeTelemetry  # noqa: F401

@@ -29,6 +29,8 @@ from constructs import Construct
 from neo_edge_runtime import recipe as _recipe
 from neo_edge_runtime import targets as _targets
 
+from .fleet import acknowledge_wildcards
+
 __all__ = [
     "CompiledModel", "DeviceMount", "EdgeInferenceComponent", "EdgeLambdaComponent",
     "EventSource", "IsolationMode", "VolumeMount",
@@ -109,21 +111,31 @@ class CompiledModel:
         compiled model does (its inputs' hashes); without it, a job whose output URI is
         only known at deploy time keeps the same component version when the model is
         recompiled to the same URI, so such jobs should expose one, or the component
-        be given ``component_version``. Optional: ``artifact_bucket`` (``s3.IBucket``)
-        and ``compiled_model_key``, for the deployment to grant devices read on the file.
+        be given ``component_version`` (a retraining pipeline publishes its versions at
+        run time with the same recipe builder instead). ``NeoCompilationJob`` fits:
+        its ``target_spec``, ``bucket`` and ``output_prefix`` are used too, so that the
+        deployment grants devices read on the job's output prefix. Other objects may
+        give ``artifact_bucket`` (``s3.IBucket``) and ``compiled_model_key``.
         """
         uri = getattr(job, "compiled_model_uri", None)
         if not isinstance(uri, str):
             raise ValueError(f"a compilation job must have a compiled_model_uri string; got {uri!r}")
         if not cdk.Token.is_unresolved(uri) and not uri.startswith("s3://"):
             raise ValueError(f"compiled_model_uri must be an s3:// URI; got {uri!r}")
-        target = _resolve_target(getattr(job, "target", None))
+        spec = getattr(job, "target_spec", None)
+        target = spec if isinstance(spec, _targets.Target) else _resolve_target(
+            getattr(job, "target", None))
         unarchive = "ZIP" if (not cdk.Token.is_unresolved(uri) and uri.endswith(".zip")) else "NONE"
         fingerprint = getattr(job, "fingerprint", None)
+        bucket = getattr(job, "artifact_bucket", None) or getattr(job, "bucket", None)
+        key = getattr(job, "compiled_model_key", None)
+        prefix = getattr(job, "output_prefix", None)
+        if key is None and isinstance(prefix, str) and not cdk.Token.is_unresolved(prefix):
+            key = f"{prefix}*"
         return cls(target=target, uri=uri, unarchive=unarchive,
                    fingerprint=fingerprint if fingerprint is not None else uri,
-                   bucket=getattr(job, "artifact_bucket", None),
-                   key=getattr(job, "compiled_model_key", None))
+                   bucket=bucket if hasattr(bucket, "arn_for_objects") else None,
+                   key=key if hasattr(bucket, "arn_for_objects") else None)
 
     @classmethod
     def from_s3(cls, bucket: s3.IBucket, key: str, target: Any,
@@ -280,6 +292,14 @@ class EdgeInferenceComponent(Construct):
             return None
         grant = iam.Grant.add_to_principal(grantee=grantee, actions=["s3:GetObject"],
                                            resource_arns=arns)
+        wildcards = [m.bucket.arn_for_objects(m.key) for m in self.models
+                     if m.bucket is not None and m.key is not None and "*" in m.key]
+        principal = grantee.grant_principal
+        if wildcards and isinstance(principal, Construct):
+            acknowledge_wildcards(
+                principal, wildcards,
+                reason="a compilation job writes its model under its own output prefix with a "
+                       "file name SageMaker chooses at run time; devices may read that prefix only")
         for model in self.models:
             if model.bucket is not None and model.bucket.encryption_key is not None:
                 model.bucket.encryption_key.grant_decrypt(grantee)

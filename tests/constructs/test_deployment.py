@@ -243,3 +243,32 @@ def test_fails_when_fleet_is_not_a_fleet():
 def test_merge_is_json(built):
     merge = built.props["Components"]["aws.greengrass.LogManager"]["ConfigurationUpdate"]["Merge"]
     assert json.loads(merge) == {"logsUploaderConfiguration": {}}
+
+
+def test_neo_compilation_jobs_deploy_to_the_fleet(files):
+    """NeoCompilationJob outputs (deploy-time URIs) -> component -> deployment, nag-clean."""
+    from neo_edge import Framework, ModelArtifactBucket, NeoCompilationJob
+    app = cdk.App()
+    stack = cdk.Stack(app, "Neo")
+    models = ModelArtifactBucket(stack, "Models")
+    jobs = NeoCompilationJob.for_targets(stack, "Xgb", bucket=models, model="models/model.tar.gz",
+                                         framework=Framework.XGBOOST,
+                                         targets=["rasp4b", "rasp3b", "jetson_xavier"])
+    fleet = EdgeFleet(stack, "Fleet", fleet_name="neo-fleet")
+    component = EdgeInferenceComponent(stack, "Classifier", component_name="com.example.Xgb",
+                                       models=list(jobs.values()),
+                                       runtime_bundles={"aarch64": files.bundles["aarch64"],
+                                                        "armv7l": files.bundles["aarch64"]})
+    EdgeDeployment(stack, "Deployment", fleet=fleet, components=[component])
+    template = synth_checked(app, stack)
+    recipe = json.loads("".join(p if isinstance(p, str) else "X" for p in next(iter(
+        template.find_resources("AWS::GreengrassV2::ComponentVersion").values()
+    ))["Properties"]["InlineRecipe"]["Fn::Join"][1]))
+    assert [m["Name"] for m in recipe["Manifests"]] == ["jetson_xavier", "rasp4b", "rasp3b"]
+    assert all(m["Artifacts"][1] == {"Uri": "X", "Unarchive": "NONE",
+                                     "Permission": {"Read": "OWNER", "Execute": "NONE"}}
+               for m in recipe["Manifests"])
+    template.has_resource_properties("AWS::IAM::Policy", {
+        "Roles": [{"Ref": Match.string_like_regexp("FleetTokenExchangeRole")}],
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Action": "s3:GetObject"})])}})
