@@ -84,6 +84,8 @@ def _llvm(mtriple: str, mcpu: str, mattr: tuple = ()) -> dict:
     t: dict = {"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu}
     if mattr:
         t["mattr"] = list(mattr)
+    if mtriple.endswith("gnueabihf"):
+        t["mfloat-abi"] = "hard"  # Debian armhf links only hard-float objects
     return t
 
 

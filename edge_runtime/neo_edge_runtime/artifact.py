@@ -1,0 +1,120 @@
+"""The artifact folder format: a compiled library, optional params, and ``manifest.json``.
+
+Pure Python (no TVM): the compiler writes artifacts, the runtime verifies them, and the
+constructs and Lambdas read manifests, all through this module.
+
+``manifest.json`` (format version 1)::
+
+    {
+      "format_version": 1,
+      "model": {"name": "digits", "version": "1.0.0"},
+      "framework": "ONNX",
+      "source_sha256": "...",
+      "target": {"name": "rasp4b", "arch": "aarch64", "device": "cpu", "tvm_target": {...}},
+      "library": "model.so",
+      "params": "params.bin" | null,
+      "inputs":  [{"name": "input", "shape": [1, 64], "dtype": "float32"}],
+      "outputs": [{"name": "probabilities", "shape": [1, 10], "dtype": "float32"}],
+      "files": {"model.so": "<sha256>", "params.bin": "<sha256>"},
+      "tvm_version": "0.27.0.post1",
+      "compile_options": {...},
+      "metadata": {...}
+    }
+
+Nothing in it depends on when or where it was built, so the same inputs give the same
+bytes: a Greengrass component version is derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+PARAMS = "params.bin"
+
+_REQUIRED = ("format_version", "model", "framework", "target", "library", "inputs",
+             "outputs", "files")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dumps_manifest(manifest: Mapping[str, Any]) -> str:
+    """Canonical JSON: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    """Fill in ``files`` with the sha256 of every listed file and write ``manifest.json``."""
+    folder = Path(folder)
+    names = [manifest["library"]] + ([manifest["params"]] if manifest.get("params") else [])
+    manifest["files"] = {n: sha256_file(folder / n) for n in sorted(names)}
+    path = folder / MANIFEST
+    path.write_text(dumps_manifest(manifest))
+    return path
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """Read and structurally check ``manifest.json`` (does not hash the files)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder {str(folder)!r} does not exist")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{str(folder)!r} is not an artifact folder: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {manifest['format_version']!r}; "
+                            f"this runtime reads format_version {FORMAT_VERSION}")
+    for name in [manifest["library"]] + ([manifest["params"]] if manifest.get("params") else []):
+        if name not in manifest["files"]:
+            raise ArtifactError(f"{path} does not list a sha256 for {name!r}")
+    return manifest
+
+
+def verify(folder: str | os.PathLike) -> dict:
+    """Read the manifest and check the sha256 of every file it lists.
+
+    Returns the manifest. Raises :class:`ArtifactError` naming the first missing,
+    truncated or changed file; nothing is loaded before this passes.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, digest in sorted(manifest["files"].items()):
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise ArtifactError(f"manifest lists {name!r}, which is outside the artifact folder")
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"artifact {str(folder)!r} is missing {name!r}")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ArtifactError(f"artifact file {name!r} in {str(folder)!r} does not match its "
+                                f"manifest (sha256 {actual[:12]}..., expected {digest[:12]}...): "
+                                "it was changed or truncated after compilation")
+    return manifest
+
+
+def artifact_digest(folder: str | os.PathLike) -> str:
+    """sha256 of the canonical manifest: one value that changes iff the artifact does."""
+    return hashlib.sha256(dumps_manifest(read_manifest(folder)).encode()).hexdigest()

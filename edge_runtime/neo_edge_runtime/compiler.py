@@ -1,0 +1,452 @@
+"""The local compiler: SageMaker Neo's job, done by TVM on the build machine.
+
+``compile_model(model, target, output_dir)`` reads an ONNX, XGBoost, PyTorch
+(``torch.export`` archive) or TFLite model, compiles it for a Neo target name, and
+writes an artifact folder (see :mod:`neo_edge_runtime.artifact`).
+
+Build machine only: this module imports the full TVM compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from . import artifact
+from .errors import CompileError, TargetError
+from .targets import Target, framework as framework_spec, host_arch, resolve
+
+_SUFFIX_FRAMEWORK = {
+    ".onnx": "ONNX", ".json": "XGBOOST", ".ubj": "XGBOOST", ".xgb": "XGBOOST",
+    ".pt2": "PYTORCH", ".tflite": "TFLITE", ".pb": "TENSORFLOW", ".h5": "KERAS",
+    ".keras": "KERAS", ".params": "MXNET", ".weights": "DARKNET",
+}
+
+TUNING_MARKER = "neo_edge_tuning.json"
+
+
+def detect_framework(path: str | os.PathLike) -> str:
+    """The Neo framework name for a model file, from its suffix."""
+    p = Path(path)
+    if p.is_dir() and (p / "saved_model.pb").exists():
+        return "TENSORFLOW"
+    fw = _SUFFIX_FRAMEWORK.get(p.suffix.lower())
+    if fw is None:
+        raise CompileError(f"cannot tell the framework of {p.name!r} from its suffix; pass "
+                           f"framework= (one of ONNX, XGBOOST, PYTORCH, TFLITE)")
+    return fw
+
+
+# ---------------------------------------------------------------------------------------
+# Frontends: every framework becomes a Relax IRModule with its weights detached.
+
+
+def _onnx_io(model) -> tuple[list[dict], list[str]]:
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = []
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim]
+        from onnx import helper
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        inputs.append({"name": vi.name, "shape": dims, "dtype": dtype})
+    return inputs, [o.name for o in model.graph.output]
+
+
+def _static_inputs(declared: list[dict], shapes: Optional[Mapping[str, Sequence[int]]],
+                   dtypes: Optional[Mapping[str, str]]) -> list[dict]:
+    shapes, dtypes = dict(shapes or {}), dict(dtypes or {})
+    known = {i["name"] for i in declared}
+    for name in list(shapes) + list(dtypes):
+        if name not in known:
+            raise CompileError(f"input_shapes/input_dtypes name {name!r}, which is not an input "
+                               f"of the model; its inputs are {', '.join(sorted(known))}")
+    out = []
+    for i in declared:
+        shape = list(shapes.get(i["name"], i["shape"]))
+        if any(not isinstance(d, int) or d <= 0 for d in shape):
+            raise CompileError(
+                f"input {i['name']!r} has a dynamic shape {i['shape']}; the edge runtime serves "
+                f"static shapes: pass input_shapes={{{i['name']!r}: [1, ...]}}")
+        out.append({"name": i["name"], "shape": shape,
+                    "dtype": str(dtypes.get(i["name"], i["dtype"]))})
+    return out
+
+
+def _import_onnx(onnx_model, shapes, dtypes):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    declared, output_names = _onnx_io(onnx_model)
+    inputs = _static_inputs(declared, shapes, dtypes)
+    try:
+        mod = from_onnx(onnx_model, shape_dict={i["name"]: i["shape"] for i in inputs},
+                        dtype_dict={i["name"]: i["dtype"] for i in inputs},
+                        keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises many kinds; name the model's problem
+        raise CompileError(f"TVM's ONNX frontend could not import the model: {exc}") from exc
+    return mod, inputs, output_names
+
+
+def _load_onnx(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except (DecodeError, onnx.checker.ValidationError, ValueError) as exc:
+        raise CompileError(f"{path.name!r} is not a valid ONNX model: {exc}") from None
+    if not model.graph.node:
+        raise CompileError(f"{path.name!r} is not a valid ONNX model: its graph has no nodes")
+    return model
+
+
+def _import(path: Path, fw: str, shapes, dtypes):
+    """(IRModule with params as inputs, input specs, output names)."""
+    if fw == "ONNX":
+        return _import_onnx(_load_onnx(path), shapes, dtypes)
+    if fw == "XGBOOST":
+        if shapes:
+            raise CompileError("XGBoost models take no input_shapes: the input is "
+                               "[1, num_feature] float32, read from the model")
+        from .xgboost_onnx import load_xgboost_json, xgboost_to_onnx
+        return _import_onnx(xgboost_to_onnx(load_xgboost_json(str(path)), path.stem), None, None)
+    if fw == "PYTORCH":
+        return _import_pytorch(path)
+    if fw == "TFLITE":
+        return _import_tflite(path, shapes, dtypes)
+    spec = framework_spec(fw)
+    raise CompileError(f"the local compiler does not read {fw} models: {spec.export_hint}, "
+                       "then compile the .onnx file")
+
+
+def _import_pytorch(path: Path):
+    try:
+        import torch
+    except ImportError:
+        raise CompileError("compiling PyTorch models needs the torch extra: "
+                           "pip install 'neo-edge[torch]' (torch==2.13.0)") from None
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise CompileError(f"{path.name!r} is not a torch.export archive (.pt2 from "
+                           f"torch.export.save): {exc}") from None
+    inputs = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        meta = program.graph.find_nodes(op="placeholder", target=spec.arg.name)[0].meta["val"]
+        inputs.append({"name": spec.arg.name, "shape": [int(d) for d in meta.shape],
+                       "dtype": str(meta.dtype).replace("torch.", "")})
+    mod = from_exported_program(program, keep_params_as_input=True)
+    n_out = len(program.graph_signature.user_outputs)
+    return mod, inputs, [f"output{i}" for i in range(n_out)]
+
+
+def _import_tflite(path: Path, shapes, dtypes):
+    try:
+        import tflite  # noqa: F401  (the flatbuffer schema TVM's frontend reads)
+    except ImportError:
+        raise CompileError("compiling TFLite models needs the tflite package "
+                           "(pip install tflite), or export the model to ONNX with "
+                           "tf2onnx (python -m tf2onnx.convert --tflite model.tflite)") from None
+    import tflite as _tfl
+    from tvm.relax.frontend.tflite import from_tflite
+
+    buf = path.read_bytes()
+    model = _tfl.Model.GetRootAsModel(buf, 0)
+    sub = model.Subgraphs(0)
+    declared = []
+    for k in range(sub.InputsLength()):
+        t = sub.Tensors(sub.Inputs(k))
+        declared.append({"name": t.Name().decode(), "shape": list(t.ShapeAsNumpy()),
+                         "dtype": "float32"})
+    inputs = _static_inputs(declared, shapes, dtypes)
+    mod = from_tflite(model, shape_dict={i["name"]: i["shape"] for i in inputs},
+                      dtype_dict={i["name"]: i["dtype"] for i in inputs})
+    outs = [sub.Tensors(sub.Outputs(k)).Name().decode() for k in range(sub.OutputsLength())]
+    return mod, inputs, outs
+
+
+# ---------------------------------------------------------------------------------------
+# Build
+
+
+def _tvm_target(target: Target) -> dict:
+    """The TVM target JSON, with the build host's CPU filled in for ``host``."""
+    spec = json.loads(json.dumps(dict(target.tvm_target)))
+    if spec.get("mcpu") == "native":
+        from tvm.target import codegen
+        spec["mcpu"] = codegen.llvm_get_system_cpu()
+    return spec
+
+
+def _output_specs(mod, names: list[str]) -> list[dict]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    specs = []
+    for k, f in enumerate(fields):
+        if not isinstance(f, relax.TensorType) or f.shape is None:
+            raise CompileError(f"output {k} of the model has no static tensor shape")
+        shape = [int(d) for d in f.shape.values]
+        name = names[k] if k < len(names) else f"output{k}"
+        specs.append({"name": name, "shape": shape, "dtype": str(f.dtype)})
+    return specs
+
+
+class _TuningProgress:
+    """A tqdm bar fed by the tuning database growing on disk (MetaSchedule runs in C++)."""
+
+    def __init__(self, db: Path, total: int, enabled: bool):
+        self.db, self.total, self.enabled = db, total, enabled
+        self._stop = threading.Event()
+
+    def _count(self) -> int:
+        f = self.db / "database_tuning_record.json"
+        try:
+            with open(f, "rb") as fh:
+                return sum(1 for _ in fh)
+        except FileNotFoundError:
+            return 0
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        from tqdm import tqdm
+
+        self._start = self._count()
+        self._bar = tqdm(total=self.total, desc="tuning", unit="trial")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(1.0):
+            self._bar.n = min(self.total, self._count() - self._start)
+            self._bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self._bar.n = min(self.total, self._count() - self._start)
+            self._bar.close()
+
+
+def _tuning_key(mod, target_spec: dict) -> str:
+    import tvm
+
+    h = hashlib.sha256(tvm.ir.save_json(mod).encode())
+    h.update(json.dumps(target_spec, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _tune(mod, tvm_target, db: Path, trials: int):
+    """MetaSchedule with weight prepacking: TVM's static_shape_tuning pipeline, with a
+    builder and runner sized for small build machines (the defaults time out there)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform as T
+    from tvm.s_tir import meta_schedule as ms
+
+    with tvm_target:
+        mod = tvm.transform.Sequential([
+            T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
+            relax.get_pipeline("zero"), T.AttachAttrLayoutFreeBuffers()])(mod)
+        if trials:
+            ms.relax_integration.tune_relax(
+                mod, params={}, target=tvm_target, work_dir=str(db),
+                max_trials_global=trials,
+                max_trials_per_task=max(8, min(64, trials // 4)),
+                num_trials_per_iter=min(64, max(8, trials // 8)),
+                builder=ms.builder.LocalBuilder(timeout_sec=300),
+                runner=ms.runner.LocalRunner(timeout_sec=120),
+                seed=0)
+        return tvm.transform.Sequential([
+            T.MetaScheduleApplyDatabase(str(db)), T.SplitLayoutRewritePreproc(),
+            T.LiftTransformParams(), T.FoldConstant()])(mod)
+
+
+def _build(mod, param_values: list, target: Target, target_spec: dict, tune_trials: int,
+           tuning_db: Optional[Path], progress: bool, log: Callable[[str], None]):
+    """Compile ``mod`` (weights as trailing inputs of ``main``).
+
+    Tuned CPU builds keep the weights apart: MetaSchedule's weight prepacking rewrites
+    them into the layout its schedules want through ``main_transform_params``, which
+    the runtime calls once at load. Untuned builds bind the weights as constants.
+
+    Returns (executable, weights to ship or None, tuning info for the manifest).
+    """
+    import tvm
+    from tvm import relax
+
+    tvm_target = tvm.target.Target(target_spec)
+    if target.device != "cpu" or (tune_trials == 0 and tuning_db is None):
+        n_inputs = len(mod["main"].params) - len(param_values)
+        binding = dict(zip(mod["main"].params[n_inputs:], param_values))
+        mod = relax.transform.BindParams("main", binding)(mod)
+        return tvm.compile(mod, target=tvm_target), None, {"trials": 0}
+
+    import psutil
+
+    # MetaSchedule measures candidates on this machine and sizes them for its cores.
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    tvm_target = tvm.target.Target({**target_spec, "num-cores": cores})
+    db = Path(tuning_db) if tuning_db is not None else Path(
+        tempfile.mkdtemp(prefix="neo-edge-tuning-"))
+    db.mkdir(parents=True, exist_ok=True)
+    marker = db / TUNING_MARKER
+    done = json.loads(marker.read_text()) if marker.exists() else {}
+    key = _tuning_key(mod, target_spec)
+    trials = max(0, tune_trials - done.get(key, 0))
+    if done.get(key) and not trials:
+        log(f"reusing {done[key]} tuning trials from {db}")
+    with _TuningProgress(db, trials, progress and trials > 0):
+        mod = _tune(mod, tvm_target, db, trials)
+    if trials:
+        done[key] = done.get(key, 0) + trials
+        marker.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
+    return tvm.compile(mod, target=tvm_target), param_values, {"trials": done.get(key, 0)}
+
+
+def compile_model(model: str | os.PathLike, target: str | Target = "host",
+                  output_dir: str | os.PathLike = "artifact", *,
+                  framework: Optional[str] = None,
+                  input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                  input_dtypes: Optional[Mapping[str, str]] = None,
+                  name: Optional[str] = None, version: str = "1.0.0",
+                  tune_trials: int = 0, tuning_db: Optional[str | os.PathLike] = None,
+                  metadata: Optional[Mapping[str, Any]] = None,
+                  progress: bool = False,
+                  log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Compile ``model`` for ``target`` into the artifact folder ``output_dir``.
+
+    Parameters
+    ----------
+    model:
+        Path to an ONNX (``.onnx``), XGBoost (``.json``/``.ubj``), PyTorch
+        (``.pt2`` from ``torch.export.save``) or TFLite (``.tflite``) model.
+    target:
+        A Neo target device name (``rasp4b``, ``jetson_xavier``, ``ml_c5``, ...),
+        ``host``, or a :class:`Target` (e.g. from ``targets.resolve_platform``).
+    output_dir:
+        The artifact folder to write. It is replaced whole only once the new artifact
+        is complete; on any error nothing is left behind.
+    framework:
+        Neo framework name; default: from the file suffix.
+    input_shapes, input_dtypes:
+        Per-input overrides; required for inputs with dynamic dimensions.
+    name, version:
+        Model name (default: the file's stem) and version recorded in the manifest.
+    tune_trials:
+        MetaSchedule trials (CPU targets). 0 compiles untuned, unless ``tuning_db``
+        holds records, which are then applied.
+    tuning_db:
+        A folder for the tuning database; later compiles of the same model and
+        target reuse it instead of tuning again.
+    metadata:
+        Free-form JSON data stored in the manifest (labels, preprocessing, task).
+    progress:
+        Show a progress bar while tuning.
+    """
+    import tvm
+    from tvm import relax
+
+    src = Path(model)
+    if not src.exists():
+        raise CompileError(f"model file {str(src)!r} does not exist")
+    tgt = resolve(target) if isinstance(target, str) else target
+    if not isinstance(tgt, Target):
+        raise TargetError(f"target must be a target name or a Target; got {target!r}")
+    fw = (framework or detect_framework(src)).upper()
+    framework_spec(fw)  # raises for unknown names
+    if tune_trials < 0:
+        raise CompileError(f"tune_trials must be 0 or more; got {tune_trials}")
+    if tune_trials and tgt.device != "cpu":
+        raise CompileError(f"tuning is for CPU targets; {tgt.name} runs on {tgt.device} "
+                           "and is compiled with dlight's default GPU schedules")
+    if (tune_trials or tuning_db is not None) and tgt.arch != host_arch():
+        raise CompileError(f"tuning measures on this machine, so target {tgt.name} "
+                           f"({tgt.arch}) cannot be tuned on this {host_arch()} machine; "
+                           "compile it untuned")
+    try:
+        json.dumps(dict(metadata or {}))
+    except TypeError as exc:
+        raise CompileError(f"metadata must be JSON-serializable: {exc}") from None
+
+    if tgt.is_cross and shutil.which(tgt.cross_compiler) is None:
+        raise CompileError(f"target {tgt.name} links with {tgt.cross_compiler}, which is not "
+                           "installed (make setup installs Debian's cross toolchains)")
+
+    t0 = time.perf_counter()
+    log(f"importing {src.name} ({fw})")
+    mod, inputs, output_names = _import(src, fw, input_shapes, input_dtypes)
+    mod, params = relax.frontend.detach_params(mod)
+    outputs = _output_specs(mod, output_names)
+    log(f"compiling for {tgt.name} ({tgt.description})")
+    ex, shipped_params, tuning = _build(
+        mod, list(params.get("main", [])), tgt, _tvm_target(tgt), tune_trials,
+        Path(tuning_db) if tuning_db is not None else None, progress, log)
+
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fcompile = None
+        if tgt.is_cross:
+            from tvm.support import cc
+            fcompile = cc.cross_compiler(tgt.cross_compiler)
+        ex.export_library(str(staging / artifact.LIBRARY), fcompile=fcompile)
+        if shipped_params:
+            tvm.runtime.save_param_dict_to_file(
+                {f"p{k}": v for k, v in enumerate(shipped_params)},
+                str(staging / artifact.PARAMS))
+        manifest = {
+            "format_version": artifact.FORMAT_VERSION,
+            "model": {"name": name or src.stem, "version": version},
+            "framework": fw,
+            "source_sha256": artifact.sha256_file(src) if src.is_file() else None,
+            "target": {"name": tgt.name, "arch": tgt.arch, "device": tgt.device,
+                       "tvm_target": _tvm_target(tgt)},
+            "library": artifact.LIBRARY,
+            "params": artifact.PARAMS if shipped_params else None,
+            "inputs": inputs,
+            "outputs": outputs,
+            "tvm_version": tvm.__version__,
+            "compile_options": {"tune_trials": tuning["trials"],
+                                "weight_prepack": bool(shipped_params),
+                                "input_shapes": {i["name"]: i["shape"] for i in inputs}},
+            "metadata": dict(metadata or {}),
+        }
+        artifact.write_manifest(staging, manifest)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move ``new`` to ``dest``, replacing a previous artifact only once ``new`` is complete."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, dest)

@@ -1,0 +1,311 @@
+"""The device runtime: load a compiled artifact and run inference.
+
+Only the TVM *runtime* library (``libtvm_runtime.so``, ~3 MB) and the ``tvm_ffi``
+bindings are loaded: the 259 MB compiler library never is, and ``import tvm`` is not
+needed at all on a CPU device. This is what a Greengrass core device runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+from . import artifact
+from .errors import ArtifactError, InputError
+from .targets import host_arch
+
+_ALIGN = 64  # TVM's kernels assume 64-byte aligned buffers
+_DEVICE_TYPES = {"cpu": 1, "cuda": 2}
+_POOLED_ALLOCATOR = 2
+_lib_lock = threading.Lock()
+_loaded_libs: dict[str, ctypes.CDLL] = {}
+
+Inputs = Union[np.ndarray, Mapping[str, Any]]
+
+
+def runtime_library_dirs() -> list[Path]:
+    """Where ``libtvm_runtime.so`` is looked for, in order.
+
+    1. ``$NEO_EDGE_TVM_RUNTIME_DIR``;
+    2. ``neo_edge_runtime/_lib/`` (the device bundle puts it there);
+    3. the installed ``apache-tvm`` wheel's ``tvm/lib/`` (found without importing tvm).
+    """
+    dirs = []
+    if os.environ.get("NEO_EDGE_TVM_RUNTIME_DIR"):
+        dirs.append(Path(os.environ["NEO_EDGE_TVM_RUNTIME_DIR"]))
+    dirs.append(Path(__file__).resolve().parent / "_lib")
+    spec = importlib.util.find_spec("tvm")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "lib")
+    return dirs
+
+
+def _load_runtime_library(device: str) -> None:
+    """Load libtvm_runtime.so (and the CUDA runtime module for GPU artifacts) once."""
+    import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which libtvm_runtime.so links to)
+
+    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if device == "cuda" else [])
+    with _lib_lock:
+        for name in names:
+            if name in _loaded_libs:
+                continue
+            for d in runtime_library_dirs():
+                if (d / name).is_file():
+                    _loaded_libs[name] = ctypes.CDLL(str(d / name), mode=ctypes.RTLD_GLOBAL)
+                    break
+            else:
+                searched = ", ".join(str(d) for d in runtime_library_dirs())
+                raise ArtifactError(f"cannot find {name} (searched {searched}); install the "
+                                    "neo-edge device bundle or set NEO_EDGE_TVM_RUNTIME_DIR")
+
+
+def set_num_threads(n: int) -> None:
+    """Set the TVM thread pool size for this process (TVM's pool is process-wide)."""
+    import tvm_ffi
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_threads must be a positive integer; got {n!r}")
+    _load_runtime_library("cpu")
+    # affinity mode 1 (kBig): spread over the big cores, as TVM does by default
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, n)
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGN
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+class EdgeModel:
+    """A compiled model loaded for inference.
+
+    Use :meth:`load`; the constructor is internal. Calls to :meth:`predict` are
+    thread-safe (they are serialized: TVM's VM is not re-entrant, and the thread
+    pool already uses every core given to it).
+    """
+
+    def __init__(self, path: Path, manifest: dict, vm, params: list, device: str):
+        self.path = path
+        self.manifest = manifest
+        self._vm = vm
+        self._main = vm["main"]
+        self._params = params
+        self._device = device
+        self._lock = threading.Lock()
+        self._latencies: collections.deque = collections.deque(maxlen=10_000)
+        self._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in self.inputs}
+        import tvm_ffi
+        self._tensors = [tvm_ffi.from_dlpack(self._buffers[i["name"]]) for i in self.inputs]
+
+    # -- loading ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, num_threads: Optional[int] = None) -> "EdgeModel":
+        """Verify and load the artifact folder at ``path``.
+
+        The manifest and the sha256 of every file are checked before anything is
+        loaded: a tampered or truncated artifact raises :class:`ArtifactError`.
+
+        Parameters
+        ----------
+        path:
+            An artifact folder written by ``compile_model``.
+        num_threads:
+            Size of TVM's thread pool (process-wide). Default: TVM's choice
+            (``TVM_NUM_THREADS`` or the number of physical cores).
+        """
+        path = Path(path)
+        manifest = artifact.verify(path)
+        target = manifest["target"]
+        device = target.get("device", "cpu")
+        if target.get("arch") != host_arch():
+            raise ArtifactError(
+                f"artifact {str(path)!r} was compiled for {target.get('name')} "
+                f"({target.get('arch')}) and cannot run on this {host_arch()} machine")
+        if device not in _DEVICE_TYPES:
+            raise ArtifactError(f"artifact device {device!r} is not supported; "
+                                f"supported devices are {', '.join(_DEVICE_TYPES)}")
+        if device == "cuda":
+            return _load_cuda(cls, path, manifest, num_threads)
+        _load_runtime_library(device)
+        if num_threads is not None:
+            set_num_threads(num_threads)
+        import tvm_ffi
+
+        lib = tvm_ffi.load_module(str((path / manifest["library"]).resolve()))
+        vm = lib["vm_load_executable"]()
+        vm["vm_initialization"](_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
+        params: list = []
+        if manifest.get("params"):
+            loaded = tvm_ffi.get_global_func("runtime.LoadParamsFromFile")(
+                str(path / manifest["params"]))
+            params = [loaded[f"p{k}"] for k in range(len(loaded))]
+            transform = _get_function(vm, "main_transform_params")
+            if transform is not None:
+                params = list(transform(params))
+        return cls(path, manifest, vm, params, device)
+
+    # -- metadata --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model"]["version"]
+
+    @property
+    def inputs(self) -> list[dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.manifest["outputs"]
+
+    @property
+    def metadata(self) -> dict:
+        return self.manifest.get("metadata", {})
+
+    def __repr__(self) -> str:
+        return (f"EdgeModel({self.name!r} {self.version}, target={self.manifest['target']['name']},"
+                f" inputs={[(i['name'], i['shape'], i['dtype']) for i in self.inputs]})")
+
+    # -- inference -------------------------------------------------------------------
+
+    def _check(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        specs = {i["name"]: i for i in self.inputs}
+        if not isinstance(inputs, Mapping):
+            if len(specs) != 1:
+                raise InputError(f"model {self.name!r} has {len(specs)} inputs "
+                                 f"({', '.join(specs)}); pass a dict of name to array")
+            inputs = {next(iter(specs)): inputs}
+        unknown = sorted(set(inputs) - set(specs))
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r} for model {self.name!r}; "
+                             f"its inputs are {', '.join(specs)}")
+        missing = [n for n in specs if n not in inputs]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r} for model {self.name!r}")
+        checked = {}
+        for name, spec in specs.items():
+            value = inputs[name]
+            arr = np.asarray(value, dtype=spec["dtype"]) if isinstance(value, (list, tuple)) \
+                else value
+            if not isinstance(arr, np.ndarray):
+                raise InputError(f"input {name!r} must be a numpy array; got "
+                                 f"{type(value).__name__}")
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise InputError(f"input {name!r} must be {spec['dtype']}; got {arr.dtype} "
+                                 f"(convert with .astype({spec['dtype']!r}))")
+            if list(arr.shape) != list(spec["shape"]):
+                raise InputError(f"input {name!r} must have shape {list(spec['shape'])}; "
+                                 f"got {list(arr.shape)}")
+            checked[name] = arr
+        return checked
+
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """Run the model once.
+
+        Parameters
+        ----------
+        inputs:
+            A dict of input name to array, or one array for a single-input model.
+            Names, shapes and dtypes must match the manifest exactly.
+
+        Returns
+        -------
+        dict
+            Output name to a numpy array the caller owns.
+        """
+        checked = self._check(inputs)
+        with self._lock:
+            start = time.perf_counter()
+            for name, arr in checked.items():
+                np.copyto(self._buffers[name], arr)
+            result = self._main(*self._tensors, *self._params)
+            fields = [result] if hasattr(result, "__dlpack__") else list(result)
+            # Copy out before the VM's pooled allocator reuses the memory.
+            outputs = {spec["name"]: np.array(np.from_dlpack(t), copy=True)
+                       for spec, t in zip(self.outputs, fields)}
+            del result, fields
+            self._latencies.append(time.perf_counter() - start)
+        return outputs
+
+    def warmup(self, n: int = 3) -> None:
+        """Run ``n`` inferences on zeros so the first real request is not the slow one."""
+        zeros = {i["name"]: np.zeros(i["shape"], dtype=i["dtype"]) for i in self.inputs}
+        for _ in range(n):
+            self.predict(zeros)
+
+    def latency_stats(self) -> dict:
+        """Per-call latency in milliseconds over the recorded calls (warm-up included)."""
+        with self._lock:
+            lat = np.asarray(self._latencies, dtype=np.float64) * 1000.0
+        if lat.size == 0:
+            return {"count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None}
+        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+        return {"count": int(lat.size), "p50_ms": float(p50), "p90_ms": float(p90),
+                "p99_ms": float(p99), "mean_ms": float(lat.mean())}
+
+    def reset_latency(self) -> None:
+        with self._lock:
+            self._latencies.clear()
+
+    def close(self) -> None:
+        """Release the VM and the library (outputs already returned stay valid)."""
+        with self._lock:
+            self._tensors = []
+            self._params = []
+            self._main = None
+            self._vm = None
+
+
+def _get_function(vm, name: str):
+    try:
+        return vm[name]
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+
+
+def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # pragma: no cover
+    """GPU artifacts go through TVM's Python runtime (still runtime library only)."""
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+
+    if not tvm.cuda().exist:
+        raise ArtifactError(f"artifact {str(path)!r} targets an NVIDIA GPU "
+                            f"({manifest['target']['name']}) and this machine has none")
+    if num_threads is not None:
+        set_num_threads(num_threads)
+    lib = tvm.runtime.load_module(str(path / manifest["library"]))
+    vm = tvm.runtime.vm.VirtualMachine(lib, tvm.cuda())
+    model = cls.__new__(cls)
+    model.path, model.manifest, model._device = path, manifest, "cuda"
+    model._lock = threading.Lock()
+    model._latencies = collections.deque(maxlen=10_000)
+    model._params = []
+    dev = tvm.cuda()
+    main = vm["main"]
+
+    def run(*host_tensors):
+        args = [tvm.runtime.tensor(np.from_dlpack(t), device=dev) for t in host_tensors]
+        out = main(*args)
+        return tuple(o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])) \
+            if not isinstance(out, tvm.runtime.Tensor) else (out.numpy(),)
+
+    model._vm, model._main = vm, run
+    model._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in manifest["inputs"]}
+    import tvm_ffi
+    model._tensors = [tvm_ffi.from_dlpack(model._buffers[i["name"]]) for i in manifest["inputs"]]
+    return model

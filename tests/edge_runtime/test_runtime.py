@@ -1,0 +1,168 @@
+"""EdgeModel: verification before loading, runtime library only, input checks, threads."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from neo_edge_runtime import ArtifactError, EdgeModel, InputError
+
+
+@pytest.fixture()
+def model(host_artifact):
+    return EdgeModel.load(host_artifact)
+
+
+@pytest.fixture()
+def copy(host_artifact, tmp_path):
+    return shutil.copytree(host_artifact, tmp_path / "copy")
+
+
+def test_predict_returns_named_outputs(model, ops_onnx, rng):
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    out = model.predict({"input": x})
+    assert list(out) == ["output"]
+    expected = ort.InferenceSession(str(ops_onnx)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(out["output"], expected, atol=1e-4)
+    np.testing.assert_array_equal(model.predict(x)["output"], out["output"])
+
+
+def test_outputs_belong_to_the_caller(model, rng):
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    first = model.predict(x)["output"]
+    kept = first.copy()
+    model.predict(np.zeros_like(x))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_fails_when_input_name_is_wrong(model):
+    with pytest.raises(InputError, match="unknown input 'image' for model 'ops'; its inputs "
+                                         "are input"):
+        model.predict({"image": np.zeros((1, 3, 16, 16), np.float32)})
+
+
+def test_fails_when_input_is_missing(model):
+    with pytest.raises(InputError, match="missing input 'input'"):
+        model.predict({})
+
+
+def test_fails_when_shape_is_wrong(model):
+    with pytest.raises(InputError, match=r"input 'input' must have shape \[1, 3, 16, 16\]; "
+                                         r"got \[1, 3, 8, 8\]"):
+        model.predict(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_fails_when_dtype_is_wrong(model):
+    with pytest.raises(InputError, match=r"input 'input' must be float32; got float64"):
+        model.predict(np.zeros((1, 3, 16, 16)))
+
+
+def test_fails_when_a_file_is_missing(copy):
+    (copy / "model.so").unlink()
+    with pytest.raises(ArtifactError, match="is missing 'model.so'"):
+        EdgeModel.load(copy)
+
+
+def test_fails_when_one_byte_of_the_library_changed(copy):
+    lib = copy / "model.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    lib.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="'model.so' .* does not match its manifest"):
+        EdgeModel.load(copy)
+
+
+def test_fails_when_the_library_is_truncated(copy):
+    lib = copy / "model.so"
+    lib.write_bytes(lib.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="changed or truncated"):
+        EdgeModel.load(copy)
+
+
+def test_fails_when_the_manifest_is_not_json(copy):
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="manifest.json is not valid JSON"):
+        EdgeModel.load(copy)
+
+
+def test_fails_when_the_folder_is_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="is not an artifact folder: it has no manifest.json"):
+        EdgeModel.load(tmp_path)
+
+
+def test_fails_when_the_artifact_is_for_another_architecture(ops_onnx, tmp_path):
+    from neo_edge_runtime import compile_model
+
+    art = compile_model(ops_onnx, "rasp4b", tmp_path / "rpi")
+    with pytest.raises(ArtifactError, match=r"compiled for rasp4b \(aarch64\) and cannot run "
+                                            r"on this x86_64 machine"):
+        EdgeModel.load(art)
+
+
+def test_loads_only_the_runtime_library(host_artifact):
+    """A fresh process: load + predict must never map the 259 MB compiler library."""
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        from neo_edge_runtime import EdgeModel
+        m = EdgeModel.load({str(host_artifact)!r})
+        m.predict(np.zeros((1, 3, 16, 16), np.float32))
+        maps = open("/proc/self/maps").read()
+        assert "libtvm_runtime.so" in maps, "runtime library not mapped"
+        assert "libtvm_compiler" not in maps, "compiler library mapped"
+        assert "tvm" not in sys.modules, "the tvm package was imported"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_calls_from_many_threads_agree(model, rng):
+    xs = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    expected = [model.predict(x)["output"] for x in xs]
+    results = {}
+
+    def work(k):
+        for _ in range(5):
+            results.setdefault(k, []).append(model.predict(xs[k])["output"])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(8):
+        for got in results[k]:
+            np.testing.assert_array_equal(got, expected[k])
+
+
+def test_thread_count_is_settable(host_artifact):
+    code = textwrap.dedent(f"""
+        import tvm_ffi
+        from neo_edge_runtime import EdgeModel
+        EdgeModel.load({str(host_artifact)!r}, num_threads=1)
+        print(tvm_ffi.get_global_func("runtime.NumThreads")())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+def test_fails_when_thread_count_is_not_positive(host_artifact):
+    with pytest.raises(ValueError, match="num_threads must be a positive integer; got 0"):
+        EdgeModel.load(host_artifact, num_threads=0)
+
+
+def test_warmup_and_latency_percentiles(model):
+    assert model.latency_stats()["count"] == 0
+    model.warmup(5)
+    stats = model.latency_stats()
+    assert stats["count"] == 5
+    assert 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
