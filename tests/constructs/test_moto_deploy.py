@@ -22,7 +22,7 @@ from checks import synth_checked
 from neo_edge import AlgorithmImage, ModelArtifactBucket, NeoCompilationJob, TrainingJob
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Tried to parse AWS.S3.BucketPolicy")
+    "ignore:Tried to parse AWS..S3..BucketPolicy")
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
