@@ -13,6 +13,7 @@ from aws_cdk.assertions import Match
 
 from checks import synth_checked
 from neo_edge import AlgorithmImage, InstanceType, ModelArtifactBucket, TrainingJob
+from neo_edge._sagemaker_job import SageMakerJobProvider
 
 
 def _request(template, logical_prefix="Train"):
@@ -218,3 +219,14 @@ def test_fails_when_algorithm_image_is_a_string():
     with pytest.raises(ValueError, match=r"algorithm_image must be an AlgorithmImage \(e.g. "
                                          r"AlgorithmImage.xgboost\(\)\); got 'xgboost'"):
         _job(algorithm_image="xgboost")
+
+
+def test_job_name_prefix_fits_the_handlers_limit_for_long_names():
+    stack = cdk.Stack(cdk.App(), "A-Very-Long-Stack-Name-For-Production-Training-eu-west-1")
+    models = ModelArtifactBucket(stack, "Models")
+    job = TrainingJob(stack, "TrainTheModelOnTheFullDatasetWithEveryFeature", bucket=models,
+                      algorithm_image=AlgorithmImage.xgboost(), input_channels={"train": "d/"})
+    prefix = SageMakerJobProvider.of(stack).job_prefix(job)
+    assert len(prefix) <= 50
+    assert re.match(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$", prefix)
+    assert prefix.startswith("A-Very-Long-St-")
