@@ -12,7 +12,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: setup demo test bench bundle lock clean
 
-setup: .venv/.installed node_modules/.installed .apt-installed
+setup: .venv/.installed node_modules/.installed .apt-installed bundle
 
 .apt-installed:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,6 +38,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The device bundles (runtime library, FFI, runtime package; no compiler) the Greengrass
+# component ships. aarch64 comes from that architecture's wheels of the pinned versions.
+BUNDLES := build/bundle/neo-edge-runtime-x86_64.zip build/bundle/neo-edge-runtime-aarch64.zip
+bundle: $(BUNDLES)
+
+$(BUNDLES) &: .venv/.installed .apt-installed $(wildcard edge_runtime/neo_edge_runtime/*.py) lambda/edge_inference/edge_inference.py
+	$(PY) -m neo_edge_runtime.bundle --arch x86_64 --arch aarch64
 
 # Slow work (tuning, the model zoo against ONNX Runtime): not part of the tests.
 bench: setup
