@@ -54,7 +54,7 @@ bench: setup
 # Rewrites requirements.lock from pyproject.toml's pins (run after changing a pin).
 lock:
 	rm -rf .venv-lock && python3.11 -m venv .venv-lock
-	.venv-lock/bin/pip install -q --disable-pip-version-check setuptools==80.9.0 -e '.[dev]'
+	.venv-lock/bin/pip install -q --disable-pip-version-check setuptools==80.9.0 -e '.[dev,torch]'
 	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | grep -v '^-e' > requirements.lock
 	rm -rf .venv-lock
 

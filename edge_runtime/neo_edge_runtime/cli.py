@@ -122,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="compile a model into an artifact folder",
-                       description="Compile an ONNX, XGBoost, PyTorch (.pt2) or TFLite model "
+                       description="Compile an ONNX, XGBoost or PyTorch (.pt2) model "
                                    "for a Neo target device into an artifact folder.")
-    c.add_argument("model", help="model file (.onnx, .json/.ubj XGBoost, .pt2, .tflite)")
+    c.add_argument("model", help="model file (.onnx, .json/.ubj XGBoost, .pt2 from torch.export.save)")
     c.add_argument("--target", "-t", default="host",
                    help="Neo target device (rasp4b, jetson_xavier, ml_c5, ...) or 'host' "
                         "(default: host); `neo-edge targets` lists them")
     c.add_argument("--output", "-o", default="artifact", help="artifact folder (default: artifact)")
-    c.add_argument("--framework", help="ONNX, XGBOOST, PYTORCH or TFLITE (default: from suffix)")
+    c.add_argument("--framework", help="ONNX, XGBOOST or PYTORCH (default: from suffix)")
     c.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="static shape for an input with dynamic dimensions (repeatable)")
     c.add_argument("--name", help="model name in the manifest (default: file name)")

@@ -1,7 +1,7 @@
 """The local compiler: SageMaker Neo's job, done by TVM on the build machine.
 
-``compile_model(model, target, output_dir)`` reads an ONNX, XGBoost, PyTorch
-(``torch.export`` archive) or TFLite model, compiles it for a Neo target name, and
+``compile_model(model, target, output_dir)`` reads an ONNX, XGBoost or PyTorch
+(``torch.export`` archive) model, compiles it for a Neo target name, and
 writes an artifact folder (see :mod:`neo_edge_runtime.artifact`).
 
 Build machine only: this module imports the full TVM compiler.
@@ -40,7 +40,7 @@ def detect_framework(path: str | os.PathLike) -> str:
     fw = _SUFFIX_FRAMEWORK.get(p.suffix.lower())
     if fw is None:
         raise CompileError(f"cannot tell the framework of {p.name!r} from its suffix; pass "
-                           f"framework= (one of ONNX, XGBOOST, PYTORCH, TFLITE)")
+                           f"framework= (one of ONNX, XGBOOST, PYTORCH)")
     return fw
 
 
@@ -123,8 +123,6 @@ def _import(path: Path, fw: str, shapes, dtypes):
         return _import_onnx(xgboost_to_onnx(load_xgboost_json(str(path)), path.stem), None, None)
     if fw == "PYTORCH":
         return _import_pytorch(path)
-    if fw == "TFLITE":
-        return _import_tflite(path, shapes, dtypes)
     spec = framework_spec(fw)
     raise CompileError(f"the local compiler does not read {fw} models: {spec.export_hint}, "
                        "then compile the .onnx file")
@@ -153,31 +151,6 @@ def _import_pytorch(path: Path):
     mod = from_exported_program(program, keep_params_as_input=True)
     n_out = len(program.graph_signature.user_outputs)
     return mod, inputs, [f"output{i}" for i in range(n_out)]
-
-
-def _import_tflite(path: Path, shapes, dtypes):
-    try:
-        import tflite  # noqa: F401  (the flatbuffer schema TVM's frontend reads)
-    except ImportError:
-        raise CompileError("compiling TFLite models needs the tflite package "
-                           "(pip install tflite), or export the model to ONNX with "
-                           "tf2onnx (python -m tf2onnx.convert --tflite model.tflite)") from None
-    import tflite as _tfl
-    from tvm.relax.frontend.tflite import from_tflite
-
-    buf = path.read_bytes()
-    model = _tfl.Model.GetRootAsModel(buf, 0)
-    sub = model.Subgraphs(0)
-    declared = []
-    for k in range(sub.InputsLength()):
-        t = sub.Tensors(sub.Inputs(k))
-        declared.append({"name": t.Name().decode(), "shape": list(t.ShapeAsNumpy()),
-                         "dtype": "float32"})
-    inputs = _static_inputs(declared, shapes, dtypes)
-    mod = from_tflite(model, shape_dict={i["name"]: i["shape"] for i in inputs},
-                      dtype_dict={i["name"]: i["dtype"] for i in inputs})
-    outs = [sub.Tensors(sub.Outputs(k)).Name().decode() for k in range(sub.OutputsLength())]
-    return mod, inputs, outs
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,8 +311,10 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
     Parameters
     ----------
     model:
-        Path to an ONNX (``.onnx``), XGBoost (``.json``/``.ubj``), PyTorch
-        (``.pt2`` from ``torch.export.save``) or TFLite (``.tflite``) model.
+        Path to an ONNX (``.onnx``), XGBoost (``.json``/``.ubj``) or PyTorch
+        (``.pt2`` from ``torch.export.save``) model. TensorFlow, TFLite, Keras,
+        MXNet, Darknet and scikit-learn models get an error saying how to export
+        them to ONNX.
     target:
         A Neo target device name (``rasp4b``, ``jetson_xavier``, ``ml_c5``, ...),
         ``host``, or a :class:`Target` (e.g. from ``targets.resolve_platform``).

@@ -303,8 +303,12 @@ FRAMEWORKS: Mapping[str, FrameworkSpec] = MappingProxyType({
     "XGBOOST": FrameworkSpec("XGBOOST", True, False, False, False),
     "PYTORCH": FrameworkSpec("PYTORCH", True, True, True, True,
                              versions=("1.4", "1.5", "1.6", "1.7", "1.8", "1.12", "1.13", "2.0")),
-    "TFLITE": FrameworkSpec("TFLITE", True, True, True, False,
-                            versions=("1.15.3", "2.4")),
+    # TVM has a TFLite frontend, but it needs the tflite schema package and a TFLite
+    # model to test with, which only TensorFlow writes: ONNX is the supported route.
+    "TFLITE": FrameworkSpec(
+        "TFLITE", False, True, True, False, versions=("1.15.3", "2.4"),
+        export_hint="export it to ONNX with tf2onnx "
+                    "(python -m tf2onnx.convert --tflite model.tflite --output model.onnx)"),
     "TENSORFLOW": FrameworkSpec(
         "TENSORFLOW", False, True, True, False, versions=("1.15", "2.4", "2.5", "2.6"),
         export_hint="export it to ONNX with tf2onnx "

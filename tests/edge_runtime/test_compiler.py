@@ -191,3 +191,33 @@ def test_tuning_runs_and_reuses_its_database(tmp_path, rng):
     model = EdgeModel.load(first)
     x = rng.standard_normal((1, 16)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x)["output"], ort_run(path, x), atol=1e-4)
+
+
+def test_pytorch_export_archive_matches_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(torch.relu(self.conv(x)).flatten(1)), -1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch.export.save(torch.export.export(net, (x,)), tmp_path / "net.pt2")
+    model = EdgeModel.load(compile_model(tmp_path / "net.pt2", "host", tmp_path / "art"))
+    assert model.inputs == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    np.testing.assert_allclose(model.predict(x.numpy())["output0"],
+                               net(x).detach().numpy(), atol=1e-5)
+
+
+def test_fails_with_export_hint_for_tflite(tmp_path):
+    f = tmp_path / "model.tflite"
+    f.write_bytes(b"TFL3")
+    with pytest.raises(CompileError, match="does not read TFLITE models: export it to ONNX "
+                                           "with tf2onnx"):
+        compile_model(f, "host", tmp_path / "art")
