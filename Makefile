@@ -10,9 +10,9 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # jsii refuses to be quiet about node 20 unless its major version is listed here.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: setup demo test bench bundle lock clean
+.PHONY: setup demo test bench bundle qemu-sysroot lock clean
 
-setup: .venv/.installed node_modules/.installed .apt-installed bundle
+setup: .venv/.installed node_modules/.installed .apt-installed bundle qemu-sysroot
 
 .apt-installed:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,13 @@ bundle: $(BUNDLES)
 
 $(BUNDLES) &: .venv/.installed .apt-installed $(wildcard edge_runtime/neo_edge_runtime/*.py) lambda/edge_inference/edge_inference.py
 	$(PY) -m neo_edge_runtime.bundle --arch x86_64 --arch aarch64
+
+# An aarch64 sysroot (Debian arm64 packages through a private apt configuration, the aarch64
+# numpy wheel) in which qemu-user runs the aarch64 bundle: tests/edge_runtime/test_qemu_aarch64.py.
+qemu-sysroot: build/qemu-aarch64/.assembled
+
+build/qemu-aarch64/.assembled: scripts/qemu-aarch64-sysroot.sh requirements.lock | .venv/.installed .apt-installed
+	scripts/qemu-aarch64-sysroot.sh build/qemu-aarch64
 
 # Slow work (tuning, the model zoo against ONNX Runtime): not part of the tests.
 bench: setup
