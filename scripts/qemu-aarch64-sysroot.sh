@@ -12,16 +12,15 @@
 # pinned in requirements.lock, unpacked into build/qemu-aarch64/site-packages.
 #
 # Usage: scripts/qemu-aarch64-sysroot.sh [OUT]      (default OUT: build/qemu-aarch64)
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org), PIP (default .venv/bin/pip).
+# Environment: PIP (default .venv/bin/pip). The Debian sources are the machine's own
+# (/etc/apt), read for the arm64 architecture.
 # Writes OUT/.assembled last, listing the package versions, so a half-built sysroot is
 # never mistaken for a finished one.
 set -euo pipefail
 
 OUT=$(realpath -m "${1:-build/qemu-aarch64}")
 cd "$(dirname "$0")/.."
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org}
 PIP=${PIP:-.venv/bin/pip}
-SUITE=bookworm
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 # What python3.11 (minimal + stdlib with its extension modules) and the TVM runtime
@@ -48,19 +47,12 @@ APT="$OUT/apt"
 mkdir -p "$APT/state/lists/partial" "$APT/cache/archives/partial" "$APT/sources.list.d" \
          "$APT/preferences.d" "$APT/debs" "$OUT/sysroot" "$OUT/site-packages"
 : > "$APT/status"
-cat > "$APT/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $MIRROR/debian
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: $KEYRING
-
-Types: deb
-URIs: $MIRROR/debian-security
-Suites: $SUITE-security
-Components: main
-Signed-By: $KEYRING
-EOF
+# The machine's own Debian sources, as apt is set up here, read for arm64.
+shopt -s nullglob
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [ -f "$f" ] && cp "$f" "$APT/sources.list.d/$(basename "$f" | sed 's/^sources\.list$/main.list/')"
+done
+shopt -u nullglob
 APT_OPTS=(
   -o "Dir::State=$APT/state" -o "Dir::State::status=$APT/status" -o "Dir::Cache=$APT/cache"
   -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$APT/sources.list.d"
@@ -69,7 +61,7 @@ APT_OPTS=(
   -o "APT::Sandbox::User=$(id -un)"
 )
 
-echo "qemu sysroot: Debian $SUITE arm64 package lists"
+echo "qemu sysroot: Debian arm64 package lists"
 apt-get "${APT_OPTS[@]}" -qq update
 echo "qemu sysroot: downloading ${#PACKAGES[@]} packages"
 rm -f "$APT/debs"/*.deb
@@ -106,7 +98,7 @@ got=$(PYTHONHOME="$OUT/sysroot/usr" PYTHONPATH="$OUT/site-packages" PYTHONNOUSER
 [ "$got" = "aarch64 $NUMPY 6" ] || { echo "$0: emulated python printed '$got'" >&2; exit 1; }
 
 {
-  echo "# aarch64 sysroot for qemu-user; Debian $SUITE arm64 packages and numpy wheel"
+  echo "# aarch64 sysroot for qemu-user; Debian arm64 packages and numpy wheel"
   for deb in "$APT/debs"/*.deb; do
     dpkg-deb --showformat='${Package} ${Version}\n' -W "$deb"
   done
