@@ -34,7 +34,7 @@ node_modules/.installed: package.json package-lock.json
 
 # The local-mode demo on embedded defaults.
 demo: setup
-	$(PY) -m neo_edge_runtime.demo
+	$(PY) local_mode.py
 
 test: setup
 	$(PY) -m pytest -q

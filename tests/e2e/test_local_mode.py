@@ -1,0 +1,299 @@
+"""Local mode end to end (``local_mode.py --quick``), and the pieces it is made of.
+
+The end-to-end test runs the reduced path in a fresh process, as ``make demo`` does,
+and checks what it printed and the ``summary.json`` it wrote. The other tests drive the
+training script's script-mode contract and the simulated device's install step directly,
+including the ways they must fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def local_mode():
+    return _load("neo_edge_local_mode", REPO / "local_mode.py")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return _load("neo_edge_training_train", REPO / "training" / "train.py")
+
+
+# --- the whole path ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("local-mode")
+    env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "local_mode.py"), "--quick", "--workdir", str(workdir),
+         "--cdk-out", str(workdir / "cdk.out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    summary_path = workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return proc, summary, workdir
+
+
+@pytest.mark.slow
+def test_quick_local_mode_passes_every_step(quick_run):
+    proc, summary, _ = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary["ok"] is True and summary["quick"] is True
+    assert set(summary["timings"]) == {"train", "compile", "package", "device", "synth"}
+    for n in range(1, 6):
+        assert f"[{n}/5] " in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "xgboost"])
+def test_device_accuracy_equals_training_accuracy(quick_run, kind):
+    proc, summary, _ = quick_run
+    device = summary["device"][kind]
+    assert device["disagreements_with_training"] == 0
+    assert device["device_accuracy"] == device["training_accuracy"] == \
+        summary["training"]["accuracy"][kind]
+    assert device["device_accuracy"] > 0.85 and device["test_size"] == 150
+    assert device["max_abs_top_score_diff_vs_ort"] < 1e-4
+    printed = re.search(rf"digits-{kind}: accuracy ([0-9.]+) on the device, ([0-9.]+) in training",
+                        proc.stdout)
+    assert printed and printed.group(1) == printed.group(2) == f"{device['device_accuracy']:.4f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "xgboost"])
+def test_latency_is_reported_next_to_onnx_runtime(quick_run, kind):
+    _, summary, _ = quick_run
+    latency = summary["device"][kind]["latency"]
+    for engine in ("tvm", "ort", "handler"):
+        assert 0 < latency[engine]["p50_ms"] <= latency[engine]["p90_ms"]
+    assert latency["tvm"]["count"] == 150  # the test set, warm-up excluded
+    assert summary["device"][kind]["threads"] == summary["threads"] == 1
+    assert summary["device"][kind]["compiler_library_mapped"] is False
+
+
+@pytest.mark.slow
+def test_the_device_ran_its_runtime_from_the_installed_bundle(quick_run):
+    _, summary, workdir = quick_run
+    for kind in ("mlp", "xgboost"):
+        module = Path(summary["device"][kind]["runtime_module"])
+        assert module.is_relative_to(workdir / "device")
+        assert "work" in module.parts and module.parent.name == "neo_edge_runtime"
+
+
+@pytest.mark.slow
+def test_artifacts_are_compiled_for_host_and_an_arm_device(quick_run):
+    _, summary, _ = quick_run
+    for kind in ("mlp", "xgboost"):
+        arts = summary["artifacts"][kind]
+        assert arts["host"]["elf"] == "x86-64" and arts["rasp4b"]["elf"] == "AArch64"
+        for art in arts.values():
+            manifest = json.loads((Path(art["path"]) / "manifest.json").read_text())
+            assert manifest["metadata"]["labels"] == [str(d) for d in range(10)]
+            assert manifest["metadata"]["task"] == "classification"
+    mlp = json.loads((Path(summary["artifacts"]["mlp"]["host"]["path"]) / "manifest.json")
+                     .read_text())
+    assert mlp["metadata"]["preprocess"]["scale"] == 1 / 16
+    assert mlp["inputs"] == [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+
+
+@pytest.mark.slow
+def test_components_are_packaged_for_greengrass(quick_run):
+    _, summary, _ = quick_run
+    for kind, name in (("mlp", "com.neoedge.DigitsMlp"), ("xgboost", "com.neoedge.DigitsXgboost")):
+        component = summary["components"][kind]
+        recipe = json.loads(Path(component["recipe"]).read_text())
+        assert recipe["ComponentName"] == name == component["component"]
+        assert recipe["ComponentVersion"] == component["version"]
+        assert [m["Platform"]["architecture"] for m in recipe["Manifests"]] == ["amd64", "aarch64"]
+        assert recipe["ComponentConfiguration"]["DefaultConfiguration"]["threadCount"] == 1
+        folder = Path(component["artifacts"])
+        assert folder.parts[-2:] == (name, component["version"])
+        for manifest in recipe["Manifests"]:
+            for artifact in manifest["Artifacts"]:
+                data = (folder / artifact["Uri"].rsplit("/", 1)[-1]).read_bytes()
+                assert artifact["Digest"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.mark.slow
+def test_the_stack_is_synthesized(quick_run):
+    _, summary, workdir = quick_run
+    templates = summary["synth"]["templates"]
+    assert templates and all(Path(t).is_file() for t in templates)
+    assert Path(summary["synth"]["outdir"]) == workdir / "cdk.out"
+
+
+# --- the training script's contract -----------------------------------------------------
+
+
+def test_hyperparameters_come_from_sm_hps_and_the_command_line_wins(train):
+    env = {"SM_HPS": json.dumps({"n-estimators": "7", "max_depth": 3, "sagemaker_program": "t.py"}),
+           "SM_MODEL_DIR": "/m", "SM_CHANNEL_TRAIN": "/t"}
+    args = train.parse_args(["--max-depth", "5", "--sagemaker_region", "x"], env=env)
+    assert (args.n_estimators, args.max_depth, args.model_dir, args.train) == (7, 5, "/m", "/t")
+    assert args.test is None and args.hidden == (64, 32)
+
+
+@pytest.mark.parametrize("argv, hps", [([], {"max-iter": "many"}), (["--max-iter", "many"], {})])
+def test_fails_when_a_hyperparameter_has_the_wrong_type(train, capsys, argv, hps):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv, env={"SM_HPS": json.dumps(hps)})
+    assert "hyperparameter max-iter must be int; got 'many'" in capsys.readouterr().err
+
+
+def test_the_script_trains_both_models_under_the_script_mode_contract(train, tmp_path):
+    channels = train.write_digits_channels(tmp_path / "data", limit=300)
+    env = {**os.environ, "SM_MODEL_DIR": str(tmp_path / "model"),
+           "SM_CHANNEL_TRAIN": str(channels["train"]), "SM_CHANNEL_TEST": str(channels["test"]),
+           "SM_OUTPUT_DATA_DIR": str(tmp_path / "out"),
+           "SM_HPS": json.dumps({"n-estimators": 5, "max-iter": 50})}
+    proc = subprocess.run([sys.executable, str(REPO / "training" / "train.py"), "--n-estimators",
+                           "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "model" / "model_info.json").read_text())
+    assert set(info["models"]) == {"mlp", "xgboost"} and info["test_size"] == 75
+    assert re.search(r"mlp: test_accuracy=0\.\d+", proc.stdout)
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    labels = np.asarray(predictions["labels"])
+    for kind in ("mlp", "xgboost"):
+        assert np.mean(np.asarray(predictions[kind]) == labels) == info["models"][kind]["accuracy"]
+    assert (tmp_path / "model" / "mlp.onnx").is_file()
+    assert (tmp_path / "model" / "xgboost.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_mlp_export_matches_onnx_runtime(train, tmp_path):
+    import onnxruntime as ort
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 17, size=(40, 64)).astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(
+        x / 16, np.arange(40) % 3)
+    model = train.mlp_to_onnx(clf)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for row in x[:5]:
+        image = (row / 16).reshape(1, 1, 8, 8)
+        (probs,) = sess.run(None, {"image": image})
+        np.testing.assert_allclose(probs, clf.predict_proba(image.reshape(1, -1)), atol=1e-5)
+        np.testing.assert_allclose(probs, train.onnx_forward(model, image), atol=1e-6)
+
+
+def test_fails_when_a_channel_holds_no_csv(train, tmp_path):
+    with pytest.raises(SystemExit, match="holds no .csv files"):
+        train.read_channel(tmp_path)
+
+
+# --- the simulated device ---------------------------------------------------------------
+
+
+def test_recipe_variables_are_substituted(local_mode, tmp_path):
+    paths = {"root": tmp_path, "path": tmp_path / "a", "decompressedPath": tmp_path / "d",
+             "work": tmp_path / "w"}
+    out = local_mode.substitute(
+        "cd {work:path} && ls {artifacts:decompressedPath} {artifacts:path} "
+        "{configuration:/threadCount} {configuration:/topicPrefix} {iot:thingName}",
+        component="c", paths=paths, configuration={"threadCount": 2, "topicPrefix": "t"})
+    assert out == (f"cd {tmp_path / 'w'} && ls {tmp_path / 'd'} {tmp_path / 'a'} 2 t "
+                   f"{local_mode.THING_NAME}")
+
+
+@pytest.mark.parametrize("variable, message", [
+    ("{configuration:/missing}", "no /missing in the component's configuration"),
+    ("{other.Component:work:path}", "refers to another component"),
+    ("{iot:region}", "is not one local mode knows"),
+])
+def test_fails_when_a_recipe_variable_cannot_be_substituted(local_mode, tmp_path, variable,
+                                                            message):
+    with pytest.raises(local_mode.LocalModeError, match=re.escape(message)):
+        local_mode.substitute(variable, component="c", paths={}, configuration={})
+
+
+def test_the_png_encoder_round_trips_through_the_handler_decoder(local_mode):
+    sys.path.insert(0, str(REPO / "lambda" / "edge_inference"))
+    try:
+        edge = _load("local_mode_edge_inference", REPO / "lambda" / "edge_inference"
+                     / "edge_inference.py")
+    finally:
+        sys.path.pop(0)
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) % 17
+    decoded = edge.decode_image(local_mode._png(grey))
+    np.testing.assert_array_equal(decoded[..., 0], grey)
+
+
+def _fake_component(local_mode, tmp_path, *, with_runtime: bool) -> dict:
+    """A component of one fake model through local mode's packager (no compile needed)."""
+    models = {}
+    for target in ("host", "rasp4b"):
+        folder = tmp_path / "compiled" / target
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"target": {"name": target}}))
+        models[target] = {"path": str(folder)}
+    bundles = {}
+    for arch in ("x86_64", "aarch64"):
+        bundle = tmp_path / f"bundle-{arch}"
+        package = bundle / ("neo_edge_runtime" if with_runtime else "other")
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (bundle / "edge_inference.py").write_text("")
+        bundles[arch] = bundle
+    rep = local_mode.Reporter(1, stream=io.StringIO())
+    return local_mode.package(tmp_path / "work", {"mlp": models}, ["host", "rasp4b"], 1, bundles,
+                              rep)["mlp"]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the fake host model is x86_64")
+def test_install_lays_out_the_model_and_the_runtime(local_mode, tmp_path):
+    component = _fake_component(local_mode, tmp_path, with_runtime=True)
+    rep = local_mode.Reporter(1, stream=io.StringIO())
+    installed = local_mode.install_component(tmp_path / "work", component, rep)
+    work = installed["paths"]["work"]
+    assert installed["manifest"]["Name"] == "host"
+    assert json.loads((work / "model" / "manifest.json").read_text())["target"]["name"] == "host"
+    assert (work / "runtime" / "neo_edge_runtime").is_dir()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the fake host model is x86_64")
+def test_fails_when_the_bundle_has_no_runtime(local_mode, tmp_path):
+    component = _fake_component(local_mode, tmp_path, with_runtime=False)
+    rep = local_mode.Reporter(1, stream=io.StringIO())
+    with pytest.raises(local_mode.LocalModeError,
+                       match=r"install script exited 1:\nno device bundle \(neo_edge_runtime\)"):
+        local_mode.install_component(tmp_path / "work", component, rep)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the fake host model is x86_64")
+def test_fails_when_an_artifact_does_not_match_its_digest(local_mode, tmp_path):
+    component = _fake_component(local_mode, tmp_path, with_runtime=True)
+    model_zip = next(Path(component["artifacts"]).glob("digits-mlp-host.zip"))
+    with zipfile.ZipFile(model_zip, "a") as z:
+        z.writestr("extra.txt", "tampered")
+    rep = local_mode.Reporter(1, stream=io.StringIO())
+    with pytest.raises(local_mode.LocalModeError,
+                       match="artifact digits-mlp-host.zip does not match the recipe's digest"):
+        local_mode.install_component(tmp_path / "work", component, rep)
