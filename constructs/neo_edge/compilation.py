@@ -166,6 +166,9 @@ class NeoCompilationJob(Construct):
         self.inference_image: str = self.resource.get_att_string("InferenceImage")
         #: The prefix the compiled model is written under.
         self.output_prefix = output_prefix
+        #: The ``CreateCompilationJob`` request without ``CompilationJobName`` (tokens
+        #: unresolved): what a ``RetrainPipeline`` sends again at run time.
+        self.request: dict = request
 
     def _model_source(self, model: Union[TrainingJob, str]):
         if isinstance(model, TrainingJob):

@@ -209,6 +209,11 @@ class TrainingJob(Construct):
         self.model_data_uri: str = self.resource.get_att_string("ModelArtifacts")
         #: The prefix the model was written under.
         self.output_prefix = output_prefix
+        #: Channel name to key prefix, as given.
+        self.input_channels: dict = dict(input_channels)
+        #: The ``CreateTrainingJob`` request without ``TrainingJobName`` (tokens unresolved):
+        #: what a ``RetrainPipeline`` sends again at run time.
+        self.request: dict = request
 
     def _channel(self, name: str, prefix: str, content_type: Optional[str]) -> dict:
         channel: dict = {"ChannelName": name, "DataSource": {"S3DataSource": {
