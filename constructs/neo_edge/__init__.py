@@ -16,3 +16,5 @@ from .component import EdgeInferenceComponent, EdgeLambdaComponent  # noqa: F401
 from .deployment import AbortFailureType, ComponentUpdateAction, FailureHandling  # noqa: F401
 from .deployment import DeploymentComponent, EdgeDeployment  # noqa: F401
 from .telemetry import EdgeTelemetry  # noqa: F401
+from .retrain import RetrainPipeline  # noqa: F401
+from .pipeline import NeoEdgePipeline  # noqa: F401
