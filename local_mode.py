@@ -63,6 +63,8 @@ SCHEMA = REPO.parent / "shared" / "schemas" / "greengrass-recipe.schema.json"
 EDGE_INFERENCE = REPO / "lambda" / "edge_inference" / "edge_inference.py"
 RUNTIME_PACKAGE = REPO / "edge_runtime" / "neo_edge_runtime"
 TRAIN_SCRIPT = REPO / "training" / "train.py"
+#: Device bundles ``make bundle`` builds (the same paths app.py looks for).
+BUILT_BUNDLES = REPO / "build" / "bundle"
 
 THING_NAME = "local-device"
 COMPONENTS = {"mlp": "com.neoedge.DigitsMlp", "xgboost": "com.neoedge.DigitsXgboost"}
@@ -360,15 +362,23 @@ def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
     shutil.rmtree(staging, ignore_errors=True)
     # Device bundles, zipped once per architecture.
     bundle_zips: dict[str, Path] = {}
+    from neo_edge_runtime.targets import host_arch
+
     for arch in sorted({resolve(t).arch for t in targets}):
         source = bundles.get(arch)
+        built = BUILT_BUNDLES / f"neo-edge-runtime-{arch}.zip"
+        if source is None and arch != host_arch() and built.is_file():
+            source = built  # make bundle's, from that architecture's wheels
+            rep.detail(f"device bundle {arch}: {built.relative_to(REPO)} "
+                       f"({built.stat().st_size / 1e6:.1f} MB)")
         if source is None:
             folder, complete = build_device_bundle(arch, staging / f"runtime-{arch}")
             source = _zip_folder(folder, staging / f"runtime-{arch}.zip")
             rep.detail(f"device bundle {arch}: {source.stat().st_size / 1e6:.1f} MB"
                        + ("" if complete else
-                          " (Python part only: no aarch64 TVM runtime on this machine; pass "
-                          f"--runtime-bundle {arch}=PATH for a complete one)"))
+                          f" (Python part only: no {arch} TVM runtime on this machine; "
+                          f"make bundle builds {BUILT_BUNDLES.relative_to(REPO)}/"
+                          f"neo-edge-runtime-{arch}.zip, or pass --runtime-bundle {arch}=PATH)"))
         elif source.is_dir():
             source = _zip_folder(source, staging / f"runtime-{arch}.zip")
         bundle_zips[arch] = source
@@ -867,7 +877,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "threadCount; default: 1)")
     p.add_argument("--runtime-bundle", action="append", default=[], metavar="ARCH=PATH",
                    help="a device bundle (.zip or folder) to ship for ARCH (aarch64, armv7l, "
-                        "x86_64) instead of the one assembled from this machine")
+                        "x86_64). Default: for this host's architecture, one assembled from "
+                        "the sources and the installed TVM runtime; for others, "
+                        "build/bundle/neo-edge-runtime-<arch>.zip (make bundle) when it "
+                        "exists, else the Python part only")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"--threads must be at least 1; got {args.threads}")
