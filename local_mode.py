@@ -60,8 +60,6 @@ from typing import Any, Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent
 SCHEMA = REPO.parent / "shared" / "schemas" / "greengrass-recipe.schema.json"
-EDGE_INFERENCE = REPO / "lambda" / "edge_inference" / "edge_inference.py"
-RUNTIME_PACKAGE = REPO / "edge_runtime" / "neo_edge_runtime"
 TRAIN_SCRIPT = REPO / "training" / "train.py"
 #: Device bundles ``make bundle`` builds (the same paths app.py looks for).
 BUILT_BUNDLES = REPO / "build" / "bundle"
@@ -73,9 +71,6 @@ MODEL_NAMES = {"mlp": "digits-mlp", "xgboost": "digits-xgboost"}
 URI_PREFIX = "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION"
 # Greengrass' architecture names for `uname -m`.
 GG_ARCH = {"x86_64": "amd64", "aarch64": "aarch64", "armv7l": "arm"}
-# tvm_ffi's build-time folders: a device needs none of them.
-_FFI_SKIP = ("include", "src", "3rdparty", "cython", "share", "__pycache__", "*.pyc", "*.pyi",
-             "CMakeLists.txt")
 _ELF_MACHINES = {62: "x86-64", 183: "AArch64", 40: "ARM"}
 
 
@@ -301,43 +296,6 @@ def _zip_folder(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def build_device_bundle(arch: str, dest: Path) -> tuple[Path, bool]:
-    """The device bundle for ``arch``: ``edge_inference.py``, ``neo_edge_runtime/``, ``tvm_ffi/``.
-
-    For this host's architecture it is complete: the TVM runtime library
-    (``neo_edge_runtime/_lib/libtvm_runtime.so``, no compiler) and the ``tvm_ffi``
-    bindings come from the installed wheels. For another architecture only the Python
-    part is here (its native libraries come from that architecture's wheels, see
-    ``--runtime-bundle``). Returns (folder, complete).
-    """
-    from neo_edge_runtime.targets import host_arch
-
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    shutil.copy2(EDGE_INFERENCE, dest / "edge_inference.py")
-    shutil.copytree(RUNTIME_PACKAGE, dest / "neo_edge_runtime",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_lib"))
-    if arch != host_arch():
-        return dest, False
-    import importlib.util
-
-    from neo_edge_runtime.runtime import runtime_library_dirs
-
-    for d in runtime_library_dirs():
-        if (d / "libtvm_runtime.so").is_file():
-            (dest / "neo_edge_runtime" / "_lib").mkdir()
-            shutil.copy2(d / "libtvm_runtime.so", dest / "neo_edge_runtime" / "_lib")
-            break
-    else:
-        raise LocalModeError("libtvm_runtime.so is not installed (make setup installs apache-tvm)")
-    spec = importlib.util.find_spec("tvm_ffi")
-    if spec is None or not spec.submodule_search_locations:
-        raise LocalModeError("tvm_ffi is not installed (make setup installs apache-tvm-ffi)")
-    shutil.copytree(list(spec.submodule_search_locations)[0], dest / "tvm_ffi",
-                    ignore=shutil.ignore_patterns(*_FFI_SKIP))
-    return dest, True
-
-
 def _matches(platform: dict, device: dict) -> bool:
     """Whether a manifest platform matches a device's attributes (``*`` matches any)."""
     return all(v == "*" or device.get(str(k).lower()) == v for k, v in platform.items())
@@ -361,26 +319,18 @@ def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
     staging = workdir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     # Device bundles, zipped once per architecture.
-    bundle_zips: dict[str, Path] = {}
-    from neo_edge_runtime.targets import host_arch
+    from neo_edge_runtime.bundle import build_bundle
 
+    bundle_zips: dict[str, Path] = {}
     for arch in sorted({resolve(t).arch for t in targets}):
         source = bundles.get(arch)
-        built = BUILT_BUNDLES / f"neo-edge-runtime-{arch}.zip"
-        if source is None and arch != host_arch() and built.is_file():
-            source = built  # make bundle's, from that architecture's wheels
-            rep.detail(f"device bundle {arch}: {built.relative_to(REPO)} "
-                       f"({built.stat().st_size / 1e6:.1f} MB)")
         if source is None:
-            folder, complete = build_device_bundle(arch, staging / f"runtime-{arch}")
-            source = _zip_folder(folder, staging / f"runtime-{arch}.zip")
-            rep.detail(f"device bundle {arch}: {source.stat().st_size / 1e6:.1f} MB"
-                       + ("" if complete else
-                          f" (Python part only: no {arch} TVM runtime on this machine; "
-                          f"make bundle builds {BUILT_BUNDLES.relative_to(REPO)}/"
-                          f"neo-edge-runtime-{arch}.zip, or pass --runtime-bundle {arch}=PATH)"))
+            # What make bundle builds (the same function, the same bytes): the TVM runtime
+            # library and FFI from this architecture's wheels of the pinned versions.
+            source = build_bundle(arch, BUILT_BUNDLES)
         elif source.is_dir():
             source = _zip_folder(source, staging / f"runtime-{arch}.zip")
+        rep.detail(f"device bundle {arch}: {source.stat().st_size / 1e6:.1f} MB ({source.name})")
         bundle_zips[arch] = source
 
     validator = None
