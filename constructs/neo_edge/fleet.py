@@ -19,6 +19,7 @@ The names (thing group, policy, role alias) are what the Greengrass installer ta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Optional, Sequence
@@ -324,7 +325,7 @@ class EdgeFleet(Construct):
             _acknowledge_custom_resource_provider(provider)
 
     def _fleet_provisioning(self, stack: cdk.Stack) -> None:
-        template_name = f"{self.fleet_name}-FleetProvisioning"
+        template_name = provisioning_template_name(self.fleet_name)
         role = iam.Role(
             self, "ProvisioningRole", assumed_by=iam.ServicePrincipal("iot.amazonaws.com"),
             description=f"fleet provisioning of the neo-edge fleet {self.fleet_name}")
@@ -433,6 +434,20 @@ def acknowledge_wildcards(scope: Construct, arns, reason: str) -> None:
     """Acknowledge the IAM5 finding of each wildcard ARN in ``arns`` on ``scope``."""
     for finding in nag_wildcard_ids(scope, *arns):
         cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=finding, reason=reason))
+
+
+#: AWS::IoT::ProvisioningTemplate names are at most 36 characters.
+_MAX_TEMPLATE_NAME = 36
+
+
+def provisioning_template_name(fleet_name: str) -> str:
+    """``<fleet>-FleetProvisioning``, or, for a fleet name too long for IoT's 36-character
+    limit, its first characters and a hash of the whole name (stable across synths)."""
+    name = f"{fleet_name}-FleetProvisioning"
+    if len(name) <= _MAX_TEMPLATE_NAME:
+        return name
+    digest = hashlib.sha256(fleet_name.encode()).hexdigest()[:8]
+    return f"{fleet_name[:_MAX_TEMPLATE_NAME - len(digest) - 4]}-{digest}-FP"
 
 
 def _check_name(name: str) -> None:

@@ -247,3 +247,14 @@ def test_fails_when_artifact_prefix_has_a_wildcard():
         EdgeFleet(stack, "F", artifact_bucket=bucket, artifact_prefix="models/*")
     assert str(exc.value) == ("artifact_prefix must be a key prefix without a leading '/' or '*'; "
                               "got 'models/*'")
+
+
+def test_provisioning_template_name_fits_iot_limit_for_long_fleet_names():
+    from neo_edge.fleet import provisioning_template_name
+
+    assert provisioning_template_name("cameras") == "cameras-FleetProvisioning"
+    long_name = "warehouse-cameras-building-7"
+    name = provisioning_template_name(long_name)
+    assert len(name) <= 36 and name.startswith("warehouse-cameras") and name.endswith("-FP")
+    assert name == provisioning_template_name(long_name)
+    assert name != provisioning_template_name(long_name + "b")
