@@ -1,3 +1,19 @@
+"""neo_edge: AWS CDK constructs for the SageMaker Neo + AWS IoT Greengrass V2 path.
+
+Train once, run anywhere::
+
+    from neo_edge import NeoEdgePipeline
+
+    NeoEdgePipeline(stack, "Digits", runtime_bundles={...}, ...)
+
+or part by part: :class:`ModelArtifactBucket`, :class:`TrainingJob`,
+:class:`NeoCompilationJob` / :class:`NeoCompilationSet`, :class:`CloudInferenceEndpoint`,
+:class:`EdgeFleet`, :class:`EdgeInferenceComponent`, :class:`EdgeLambdaComponent`,
+:class:`EdgeDeployment`, :class:`EdgeTelemetry` and :class:`RetrainPipeline`. Target and
+framework choices (:class:`TargetDevice`, :class:`Framework`, ...) are backed by the same
+table the local compiler uses (``neo_edge_runtime.targets``).
+"""
+
 from .storage import ModelArtifactBucket  # noqa: F401
 from .choices import AlgorithmImage  # noqa: F401
 from .choices import CompilerOptions  # noqa: F401
