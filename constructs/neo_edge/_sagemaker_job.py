@@ -266,16 +266,28 @@ class SageMakerJobProvider(Construct):
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}))
 
     def job_resource(self, scope: Construct, id: str, *, kind: str, resource_type: str,
-                     prefix: str, request: dict) -> cdk.CustomResource:
-        """The custom resource for one job; ``Request`` travels as a JSON string so that
-        numbers and booleans stay numbers and booleans."""
-        return cdk.CustomResource(
+                     request: dict, role: iam.IRole,
+                     run_id: Optional[str] = None) -> cdk.CustomResource:
+        """The custom resource for one job run as ``role``.
+
+        ``Request`` travels as a JSON string so that numbers and booleans stay numbers and
+        booleans; a ``run_id`` forces a new job for the same inputs. The job starts only
+        once ``role`` can do what it needs (its default policy exists).
+        """
+        self.grant_pass_role(role)
+        resource = cdk.CustomResource(
             scope, id,
             service_token=self.provider.service_token,
             resource_type=resource_type,
-            properties={"Kind": kind, "JobNamePrefix": prefix,
+            properties={"Kind": kind, "JobNamePrefix": self.job_prefix(scope),
                         "Request": cdk.Stack.of(scope).to_json_string(request)},
         )
+        if run_id:
+            resource.node.default_child.add_property_override("RunId", run_id)
+        default_policy = role.node.try_find_child("DefaultPolicy")
+        if default_policy is not None:
+            resource.node.add_dependency(default_policy)
+        return resource
 
 
 def sagemaker_execution_role(scope: Construct, id: str, *, log_group_family: str,

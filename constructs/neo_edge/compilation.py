@@ -145,16 +145,10 @@ class NeoCompilationJob(Construct):
                    "StoppingCondition": {"MaxRuntimeInSeconds": runtime_s}}
 
         provider = SageMakerJobProvider.of(self)
-        provider.grant_pass_role(role)
         self.resource = provider.job_resource(
             self, "Resource", kind="compilation",
-            resource_type="Custom::SageMakerCompilationJob",
-            prefix=provider.job_prefix(self), request=request)
-        if run_id:
-            self.resource.node.default_child.add_property_override("RunId", run_id)
-        default_policy = role.node.try_find_child("DefaultPolicy")
-        if default_policy is not None:
-            self.resource.node.add_dependency(default_policy)
+            resource_type="Custom::SageMakerCompilationJob", request=request, role=role,
+            run_id=run_id)
 
         #: The job's name.
         self.job_name: str = self.resource.get_att_string("JobName")

@@ -189,17 +189,9 @@ class TrainingJob(Construct):
         policy.acknowledge()
 
         provider = SageMakerJobProvider.of(self)
-        provider.grant_pass_role(role)
-        properties_prefix = provider.job_prefix(self)
         self.resource = provider.job_resource(
             self, "Resource", kind="training", resource_type="Custom::SageMakerTrainingJob",
-            prefix=properties_prefix, request=request)
-        if run_id:
-            self.resource.node.default_child.add_property_override("RunId", run_id)
-        # The job may start only once its role can do what it needs.
-        default_policy = role.node.try_find_child("DefaultPolicy")
-        if default_policy is not None:
-            self.resource.node.add_dependency(default_policy)
+            request=request, role=role, run_id=run_id)
 
         #: The job's name (``<stack>-<id>-<hash of the inputs>``).
         self.job_name: str = self.resource.get_att_string("JobName")
