@@ -195,7 +195,7 @@ class EdgeInferenceComponent(Construct):
         model's architecture needs one.
     configuration:
         Overrides of the component's default configuration (``inputTopic``,
-        ``topicPrefix``, ``intervalSeconds``, ``threadCount``). Default:
+        ``topicPrefix``, ``threadCount``). Default:
         ``neo_edge_runtime.recipe.INFERENCE_DEFAULTS``.
     component_version:
         Default: derived from the recipe's content (``1.0.<hash>``), so the same

@@ -423,8 +423,6 @@ INFERENCE_DEFAULTS: Mapping[str, Any] = {
     "inputTopic": "neo-edge/inference/input",
     # IoT Core topics are <topicPrefix>/<thing name>/results and .../errors.
     "topicPrefix": "neo-edge",
-    # Seconds between two polls of a local source; 0 means event-driven only.
-    "intervalSeconds": 0,
     # Threads the TVM runtime uses; 0 lets it pick (one per core).
     "threadCount": 0,
 }
@@ -456,7 +454,6 @@ RUN_SCRIPT = " ".join([
     "NEO_EDGE_INPUT_TOPIC=\"{configuration:/inputTopic}\"",
     "NEO_EDGE_RESULTS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/results\"",
     "NEO_EDGE_ERRORS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/errors\"",
-    "NEO_EDGE_INTERVAL_SECONDS=\"{configuration:/intervalSeconds}\"",
     "NEO_EDGE_THREADS=\"{configuration:/threadCount}\"",
     "TVM_NUM_THREADS=\"{configuration:/threadCount}\"",
     f"python3 -u {RUNTIME_DIR}/edge_inference.py",
@@ -523,10 +520,10 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
         raise RecipeError(f"inference configuration keys must be among "
                           f"{', '.join(INFERENCE_DEFAULTS)}; got {', '.join(unknown)}")
     config.update(configuration or {})
-    for key in ("intervalSeconds", "threadCount"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise RecipeError(f"inference configuration {key} must be a number >= 0; got {value!r}")
+    value = config["threadCount"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise RecipeError(f"inference configuration threadCount must be a number >= 0; "
+                          f"got {value!r}")
     topic_prefix = config["topicPrefix"]
     if not isinstance(topic_prefix, str) or not topic_prefix or any(c in topic_prefix for c in "#+"):
         raise RecipeError(f"inference configuration topicPrefix must be a topic without "

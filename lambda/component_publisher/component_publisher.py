@@ -49,7 +49,7 @@ RUNTIME_URIS
     Default: the event must name them.
 INFERENCE_CONFIGURATION
     Optional, a JSON object of inference configuration overrides (``inputTopic``,
-    ``topicPrefix``, ``intervalSeconds``, ``threadCount``). Default: the recipe builder's.
+    ``topicPrefix``, ``threadCount``). Default: the recipe builder's.
 COMPONENT_DESCRIPTION
     Optional. Default: the recipe builder's.
 """

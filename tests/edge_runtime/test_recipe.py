@@ -287,7 +287,7 @@ def test_fails_when_configuration_key_is_unknown():
         r.inference_recipe(component_name="c", platforms=platforms("rasp4b"),
                            configuration={"threads": 2})
     assert str(exc.value) == ("inference configuration keys must be among inputTopic, topicPrefix, "
-                              "intervalSeconds, threadCount; got threads")
+                              "threadCount; got threads")
 
 
 def test_fails_when_thread_count_is_negative():

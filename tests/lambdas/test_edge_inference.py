@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -354,7 +355,9 @@ BAD = [
 
 @pytest.mark.parametrize(("payload", "message"), BAD)
 def test_a_bad_payload_gives_an_error_result_and_the_next_request_is_served(edge, payload,
-                                                                             message):
+                                                                             message,
+                                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # the built-in decoders, as on a bare device
     f = make(edge)
     results = f.service.handle([payload, {"request_id": "ok", "data": [1, 2, 3, 4]}])
 
@@ -364,6 +367,13 @@ def test_a_bad_payload_gives_an_error_result_and_the_next_request_is_served(edge
     assert error["device"] == THING and error["model_name"] == "digits"
     assert results[0] == error
     assert [r["request_id"] for r in f.results()] == ["ok"]
+
+
+def test_with_pillow_a_corrupt_jpeg_is_an_error_result(edge):
+    pytest.importorskip("PIL")
+    f = make(edge)
+    f.service.handle([{"image": base64.b64encode(b"\xff\xd8\xff\xe0junk").decode()}])
+    assert f.errors()[0]["error"]["message"].startswith("undecodable image: ")
 
 
 def test_a_tensor_of_another_kind_is_an_error(edge):
