@@ -228,39 +228,125 @@ def _tuning_key(mod, target_spec: dict) -> str:
     return h.hexdigest()
 
 
-def _tune(mod, tvm_target, db: Path, trials: int):
-    """MetaSchedule with weight prepacking: TVM's static_shape_tuning pipeline, with a
-    builder and runner sized for small build machines (the defaults time out there)."""
+#: Layouts MetaSchedule tunes CPU convolutions in: channels last, so the innermost loop
+#: (output channels) vectorizes for every conv kind, depthwise included.
+CPU_CONV_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+
+
+def _precompute_transform(mod, params: list, tvm_target):
+    """Weight prepacking done once on the build machine.
+
+    Runs ``main_transform_params`` (weight layout changes, constant folds of batch-norm
+    statistics, MetaSchedule's layout rewrites) here and drops it from ``mod``: the
+    artifact ships weights already in the layout its kernels read, so a device neither
+    transforms them at load nor holds two copies. Tuning only ever targets this machine's
+    architecture, so the result is what the device would compute.
+    """
+    import tvm
+    from tvm import relax
+
+    name = "main_transform_params"
+    if name not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return mod, params
+    tmod = relax.transform.DeadCodeElimination([name])(mod)
+    tmod = tvm.IRModule({"main": tmod[name].with_attr("global_symbol", "main"),
+                         **{gv: f for gv, f in tmod.functions.items()
+                            if gv.name_hint not in (name, "main")}})
+    vm = relax.VirtualMachine(tvm.compile(tmod, target=tvm_target), tvm.cpu())
+    out = vm["main"]([tvm.runtime.tensor(p) if not isinstance(p, tvm.runtime.Tensor) else p
+                      for p in params])
+    new_params = [tvm.runtime.tensor(o.numpy()) for o in out]
+    keep = {gv: f for gv, f in mod.functions.items() if gv.name_hint != name}
+    mod = relax.transform.DeadCodeElimination(["main"])(tvm.IRModule(keep, attrs=mod.attrs))
+    return mod, new_params
+
+
+#: Trials each kernel gets first, so pooling, concatenation and residual adds are
+#: parallelized and vectorized too; what remains goes to the convolutions and matmuls.
+COVERAGE_TRIALS_PER_TASK = 8
+HEAVY_OPS = ["conv2d", "matmul", "dense"]
+
+
+def _build_candidate(mod, target, _params):
+    """MetaSchedule's default candidate build, minus its ``import tvm.s_tir.tensor_intrin``.
+
+    That import registers every tensor intrinsic TVM has and costs about a minute of CPU
+    in each builder process, and MetaSchedule starts fresh builder processes for every
+    batch of candidates; float32 CPU kernels use no tensor intrinsic.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int = 0) -> None:
+    """Spend ``trials`` more MetaSchedule trials on ``mod``'s kernels (``done`` were spent
+    before), recorded in ``db``.
+
+    Two rounds: every kernel gets a few trials first (a schedule that uses all cores and the
+    vector units is most of the gain for the cheap ones), then the gradient task
+    scheduler gives the rest to the convolutions and matmuls, where the time goes. The
+    evolutionary search is sized down (population 256, 2 genetic rounds): on a small
+    build machine the search, not the measurement, is what a trial costs.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    def strategy():
+        return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=2)
+
+    def tune(op_names, budget, per_task, per_iter):
+        ms.relax_integration.tune_relax(
+            mod, params={}, target=tvm_target, work_dir=str(db), op_names=op_names,
+            max_trials_global=budget, max_trials_per_task=per_task,
+            num_trials_per_iter=per_iter, strategy=strategy(),
+            builder=ms.builder.LocalBuilder(timeout_sec=300, f_build=_build_candidate),
+            runner=ms.runner.LocalRunner(timeout_sec=120), seed=done)
+
+    n_tasks = len(ms.relax_integration.extract_tasks(mod, tvm_target))
+    coverage = min(trials, max(0, COVERAGE_TRIALS_PER_TASK * n_tasks - done))
+    if coverage:
+        tune(None, coverage, COVERAGE_TRIALS_PER_TASK, COVERAGE_TRIALS_PER_TASK)
+    if trials > coverage:
+        tune(HEAVY_OPS, trials - coverage, trials - coverage, 16)
+
+
+def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int = 0):
+    """MetaSchedule with weight prepacking, sized for small build machines.
+
+    TVM's static_shape_tuning pipeline, plus: convolutions in channels-last layout, and
+    everything that depends on the weights alone (layout changes, batch-norm constants,
+    MetaSchedule's layout rewrites) computed here once, so tuning spends no trials on
+    weight transposes and the device receives prepacked weights.
+
+    Returns (module to build, weights ``main`` takes).
+    """
     import tvm
     from tvm import relax
     from tvm.relax import transform as T
-    from tvm.s_tir import meta_schedule as ms
 
     with tvm_target:
         mod = tvm.transform.Sequential([
-            T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
+            T.ConvertLayout(CPU_CONV_LAYOUT), T.DecomposeOpsForInference(),
+            T.CanonicalizeBindings(), T.LiftTransformParams()])(mod)
+        mod, params = _precompute_transform(mod, params, tvm_target)
+        mod = tvm.transform.Sequential([
             relax.get_pipeline("zero"), T.AttachAttrLayoutFreeBuffers()])(mod)
         if trials:
-            ms.relax_integration.tune_relax(
-                mod, params={}, target=tvm_target, work_dir=str(db),
-                max_trials_global=trials,
-                max_trials_per_task=max(8, min(64, trials // 4)),
-                num_trials_per_iter=min(64, max(8, trials // 8)),
-                builder=ms.builder.LocalBuilder(timeout_sec=300),
-                runner=ms.runner.LocalRunner(timeout_sec=120),
-                seed=0)
-        return tvm.transform.Sequential([
+            _run_tuning(mod, tvm_target, db, trials, done)
+        mod = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(str(db)), T.SplitLayoutRewritePreproc(),
             T.LiftTransformParams(), T.FoldConstant()])(mod)
+        return _precompute_transform(mod, params, tvm_target)
 
 
 def _build(mod, param_values: list, target: Target, target_spec: dict, tune_trials: int,
            tuning_db: Optional[Path], progress: bool, log: Callable[[str], None]):
     """Compile ``mod`` (weights as trailing inputs of ``main``).
 
-    Tuned CPU builds keep the weights apart: MetaSchedule's weight prepacking rewrites
-    them into the layout its schedules want through ``main_transform_params``, which
-    the runtime calls once at load. Untuned builds bind the weights as constants.
+    Tuned CPU builds keep the weights apart, prepacked on this machine into the layout
+    the tuned kernels read (see :func:`_tune`). Untuned builds bind the weights as
+    constants.
 
     Returns (executable, weights to ship or None, tuning info for the manifest).
     """
@@ -289,7 +375,8 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     if done.get(key) and not trials:
         log(f"reusing {done[key]} tuning trials from {db}")
     with _TuningProgress(db, trials, progress and trials > 0):
-        mod = _tune(mod, tvm_target, db, trials)
+        mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
+                                  done.get(key, 0))
     if trials:
         done[key] = done.get(key, 0) + trials
         marker.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")

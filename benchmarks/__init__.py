@@ -1,0 +1,1 @@
+"""Benchmarks of the edge runtime against ONNX Runtime (``make bench``); not tests."""
