@@ -11,6 +11,7 @@ import collections
 import ctypes
 import importlib.util
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -48,9 +49,29 @@ def runtime_library_dirs() -> list[Path]:
     return dirs
 
 
+def _import_tvm_ffi():
+    """``import tvm_ffi``, without the PyTorch import it attempts first.
+
+    tvm_ffi imports torch eagerly when it is installed (a build machine with the torch
+    extra): seconds and hundreds of MB that a runtime never uses. torch is hidden for
+    the length of the import only, so the caller's own ``import torch`` still works.
+    """
+    if "tvm_ffi" in sys.modules:
+        return sys.modules["tvm_ffi"]
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tvm_ffi
+    finally:
+        if hide and sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return tvm_ffi
+
+
 def _load_runtime_library(device: str) -> None:
     """Load libtvm_runtime.so (and the CUDA runtime module for GPU artifacts) once."""
-    import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which libtvm_runtime.so links to)
+    _import_tvm_ffi()  # loads libtvm_ffi.so, which libtvm_runtime.so links to
 
     names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if device == "cuda" else [])
     with _lib_lock:
