@@ -110,17 +110,19 @@ def chart(results: dict, path: Path) -> None:
         ax.text(x[k], top * 1.25, f"{ratio:.2f}x", ha="center", va="bottom", fontsize=10,
                 fontweight="bold", color="#276749" if ratio <= 1 else "#9b2c2c")
     ax.set_ylim(min(v for v in tv + ov if v == v) / 3, max(v for v in tv + ov if v == v) * 6)
-    ax.set_title("Latency, batch 1 (label: TVM/ORT median; green = TVM at or below ORT)",
-                 loc="left")
+    ax.set_title("Median latency, batch 1, lower is better (label: TVM/ORT; green = TVM at "
+                 "or below ORT)", loc="left")
     ax.legend(loc="upper right")
     ax.grid(axis="y", which="major", alpha=0.3)
 
     # Cold start and peak RSS at the first (largest) thread count.
     first = {n: results["models"][n]["runs"][0] for n in names}
     xs = np.arange(len(names))
+    n_first = results["models"][names[0]]["runs"][0]["threads"]
     for col, key, label in ((0, "cold_start_ms", "cold start: process start to first "
-                             "result (ms)"),
-                            (1, "peak_rss_mb", "peak RSS of a load-and-run process (MB)")):
+                             f"result (ms, {n_first} threads)"),
+                            (1, "peak_rss_mb", "peak RSS of a load-and-run process "
+                             f"(MB, {n_first} threads)")):
         ax = fig.add_subplot(grid[1, col])
         tv = [first[n]["tvm"][key] for n in names]
         ov = [first[n]["ort"][key] if "ort" in first[n] else np.nan for n in names]
@@ -143,8 +145,10 @@ def chart(results: dict, path: Path) -> None:
     ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars], width=0.5)
     for k, b in enumerate(bars):
         ax.text(k, b[1], f"{b[1]:.1f} MB", ha="center", va="bottom", fontsize=9)
-    ax.set_title(f"install size on the device ({size.get('arch', '?')})", loc="left",
-                 fontsize=10)
+    title = f"install size on the device ({size.get('arch', '?')})"
+    if size.get("ratio_bundle_over_onnxruntime"):
+        title += f": {size['ratio_bundle_over_onnxruntime']:.2f}x"
+    ax.set_title(title, loc="left", fontsize=10)
     ax.set_ylabel("MB")
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=110)

@@ -311,13 +311,86 @@ def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int = 0) -> None:
         tune(HEAVY_OPS, trials - coverage, trials - coverage, 16)
 
 
+def _fold_batch_norm(mod):
+    """Fold inference batch norms into the convolution before them.
+
+    ``batch_norm(conv2d(x, W))`` becomes ``conv2d(x, W * s) + (beta - mean * s)`` with
+    ``s = gamma / sqrt(var + eps)``: both terms depend on the weights alone, so they are
+    computed at compile time, and the fused kernel's epilogue is one add instead of a
+    subtract, a divide, a multiply and an add per output element.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
+
+    x, w, g, b, m, v = (wildcard() for _ in range(6))
+    conv = is_op("relax.nn.conv2d")(x, w)
+    bn = is_op("relax.nn.batch_norm")(conv, g, b, m, v)
+    pattern = is_tuple_get_item(bn, 0)
+
+    def rewrite(expr, matched):
+        ca, na = matched[conv].attrs, matched[bn].attrs
+        weight = matched[w]
+        if (ca.data_layout, ca.kernel_layout, ca.out_layout) != ("NCHW", "OIHW", "NCHW") \
+                or int(na.axis) != 1 or not (na.center and na.scale):
+            return expr
+        out_ch = weight.ty.shape[0]
+        dtype = weight.ty.dtype
+        scale = relax.op.divide(matched[g], relax.op.sqrt(
+            relax.op.add(matched[v], relax.const(float(na.epsilon), dtype))))
+        folded = relax.op.nn.conv2d(
+            matched[x], relax.op.multiply(weight, relax.op.reshape(scale, (out_ch, 1, 1, 1))),
+            strides=ca.strides, padding=ca.padding, dilation=ca.dilation, groups=ca.groups,
+            data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW",
+            out_dtype=ca.out_dtype if str(ca.out_dtype) else None)
+        shift = relax.op.subtract(matched[b], relax.op.multiply(matched[m], scale))
+        return relax.op.add(folded, relax.op.reshape(shift, (1, out_ch, 1, 1)))
+
+    funcs = {gv: rewrite_call(pattern, rewrite, f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def _unlower_min_max(mod):
+    """Turn the ONNX frontend's Clip kernels back into ``R.maximum``/``R.minimum``.
+
+    The frontend emits Clip (ReLU6) as ``call_tir`` of ready-made maximum/minimum
+    kernels, which layout conversion cannot see through: it would transpose every
+    activation back to NCHW around each ReLU6 and keep it out of the conv's fused kernel.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    @mutator
+    class Unlower(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call, "op", None) == call_tir and \
+                    isinstance(call.args[0], tvm.ir.GlobalVar):
+                kind = call.args[0].name_hint.rstrip("0123456789")
+                args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else []
+                if kind in ops and len(args) == 2:
+                    return ops[kind](*args)
+            return call
+
+    mutated = Unlower(mod)
+    funcs = {gv: mutated.visit_expr(f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
+
+
 def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int = 0):
     """MetaSchedule with weight prepacking, sized for small build machines.
 
-    TVM's static_shape_tuning pipeline, plus: convolutions in channels-last layout, and
-    everything that depends on the weights alone (layout changes, batch-norm constants,
-    MetaSchedule's layout rewrites) computed here once, so tuning spends no trials on
-    weight transposes and the device receives prepacked weights.
+    TVM's static_shape_tuning pipeline, plus: batch norms folded into the convolutions,
+    ReLU6 visible to fusion, convolutions in channels-last layout, and everything that depends on the weights
+    alone (folded weights and shifts, layout changes, MetaSchedule's layout rewrites)
+    computed here once, so tuning spends no trials on weight transposes and the device
+    receives prepacked weights.
 
     Returns (module to build, weights ``main`` takes).
     """
@@ -326,6 +399,7 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int = 0):
     from tvm.relax import transform as T
 
     with tvm_target:
+        mod = _unlower_min_max(_fold_batch_norm(mod))
         mod = tvm.transform.Sequential([
             T.ConvertLayout(CPU_CONV_LAYOUT), T.DecomposeOpsForInference(),
             T.CanonicalizeBindings(), T.LiftTransformParams()])(mod)
