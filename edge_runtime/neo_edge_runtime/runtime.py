@@ -115,13 +115,12 @@ class EdgeModel:
     pool already uses every core given to it).
     """
 
-    def __init__(self, path: Path, manifest: dict, vm, params: list, device: str):
+    def __init__(self, path: Path, manifest: dict, main, params: list, vm):
         self.path = path
         self.manifest = manifest
-        self._vm = vm
-        self._main = vm["main"]
+        self._vm = vm  # owns the memory main's results live in: outlives every call
+        self._main = main
         self._params = params
-        self._device = device
         self._lock = threading.Lock()
         self._latencies: collections.deque = collections.deque(maxlen=10_000)
         self._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in self.inputs}
@@ -174,7 +173,7 @@ class EdgeModel:
             transform = _get_function(vm, "main_transform_params")
             if transform is not None:
                 params = list(transform(params))
-        return cls(path, manifest, vm, params, device)
+        return cls(path, manifest, vm["main"], params, vm)
 
     # -- metadata --------------------------------------------------------------------
 
@@ -300,33 +299,24 @@ def _get_function(vm, name: str):
 
 
 def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # pragma: no cover
-    """GPU artifacts go through TVM's Python runtime (still runtime library only)."""
+    """GPU artifacts go through TVM's Python runtime (still the runtime library only):
+    inputs are copied to the GPU and outputs back for each call."""
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     import tvm
 
-    if not tvm.cuda().exist:
+    dev = tvm.cuda()
+    if not dev.exist:
         raise ArtifactError(f"artifact {str(path)!r} targets an NVIDIA GPU "
                             f"({manifest['target']['name']}) and this machine has none")
     if num_threads is not None:
         set_num_threads(num_threads)
-    lib = tvm.runtime.load_module(str(path / manifest["library"]))
-    vm = tvm.runtime.vm.VirtualMachine(lib, tvm.cuda())
-    model = cls.__new__(cls)
-    model.path, model.manifest, model._device = path, manifest, "cuda"
-    model._lock = threading.Lock()
-    model._latencies = collections.deque(maxlen=10_000)
-    model._params = []
-    dev = tvm.cuda()
+    vm = tvm.runtime.vm.VirtualMachine(
+        tvm.runtime.load_module(str(path / manifest["library"])), dev)
     main = vm["main"]
 
     def run(*host_tensors):
-        args = [tvm.runtime.tensor(np.from_dlpack(t), device=dev) for t in host_tensors]
-        out = main(*args)
-        return tuple(o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])) \
-            if not isinstance(out, tvm.runtime.Tensor) else (out.numpy(),)
+        out = main(*[tvm.runtime.tensor(np.from_dlpack(t), device=dev) for t in host_tensors])
+        fields = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+        return tuple(f.numpy() for f in fields)
 
-    model._vm, model._main = vm, run
-    model._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in manifest["inputs"]}
-    import tvm_ffi
-    model._tensors = [tvm_ffi.from_dlpack(model._buffers[i["name"]]) for i in manifest["inputs"]]
-    return model
+    return cls(path, manifest, run, [], vm)
