@@ -61,8 +61,16 @@ def markdown(results: dict) -> str:
                 f"({size['arch']}) takes {size['bundle_bytes'] / 1e6:.1f} MB")
         if size.get("onnxruntime_bytes"):
             line += (f", the onnxruntime package {size['onnxruntime_bytes'] / 1e6:.1f} MB "
-                     f"({size['ratio_bundle_over_onnxruntime']:.2f}x)")
+                     f"({size['ratio_bundle_over_onnxruntime']:.3f}x)")
         lines.append(line + ".")
+    behind = {LABELS.get(n, n): e["tuning_trials"] for n, e in results["models"].items()
+              if e["kind"] == "cnn" and any(r.get("ratio_tvm_over_ort", 0) > 1 for r in e["runs"])}
+    if behind:
+        lines.append("\nCNNs behind ORT: " + ", ".join(
+            f"{n} ({t or 'no'} MetaSchedule trials)" for n, t in behind.items())
+            + ". That is a few dozen trials per convolution kernel, where MetaSchedule needs "
+            "hundreds per kernel to approach ORT's hand-written AVX-512/NEON kernels (MLAS); "
+            "grow the databases with `python -m benchmarks.tune` (see benchmarks/README.md).")
     xgb = results["models"].get("xgboost")
     if xgb and "max_abs_diff_vs_xgboost" in xgb["runs"][0]:
         lines.append(f"\nXGBoost: max abs diff of the TVM probabilities against xgboost's own "
@@ -147,7 +155,7 @@ def chart(results: dict, path: Path) -> None:
         ax.text(k, b[1], f"{b[1]:.1f} MB", ha="center", va="bottom", fontsize=9)
     title = f"install size on the device ({size.get('arch', '?')})"
     if size.get("ratio_bundle_over_onnxruntime"):
-        title += f": {size['ratio_bundle_over_onnxruntime']:.2f}x"
+        title += f": {size['ratio_bundle_over_onnxruntime']:.3f}x"
     ax.set_title(title, loc="left", fontsize=10)
     ax.set_ylabel("MB")
     ax.grid(axis="y", alpha=0.3)

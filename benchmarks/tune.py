@@ -29,6 +29,29 @@ def trials_done(db: Path) -> int:
     return max(json.loads(marker.read_text()).values(), default=0) if marker.exists() else 0
 
 
+def prune(db: Path, keep: int = 1) -> tuple[int, int]:
+    """Keep the ``keep`` fastest records of each kernel in ``db``'s tuning records.
+
+    Compiling applies the fastest record of each kernel only, so the shipped databases
+    keep what reproduces the artifacts (and seeds later tuning) without megabytes of
+    slower candidates. Returns (records before, records after).
+    """
+    path = db / "database_tuning_record.json"
+    if not path.exists():
+        return 0, 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    by_workload: dict[int, list] = {}
+    for order, line in enumerate(lines):
+        workload, record = json.loads(line)
+        secs = [s for s in (record[1] or []) if s is not None and s < 1e9]
+        if secs:
+            by_workload.setdefault(workload, []).append((sum(secs) / len(secs), order, line))
+    kept = sorted(r for rs in by_workload.values() for r in sorted(rs)[:keep])
+    kept.sort(key=lambda r: r[1])  # the database's own order
+    path.write_text("".join(r[2] + "\n" for r in kept))
+    return len(lines), len(kept)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.splitlines()[0])
     p.add_argument("--target", default="host")
@@ -38,6 +61,11 @@ def main(argv=None) -> int:
                    help="no new round starts after this many minutes (default: 60)")
     p.add_argument("--step", type=int, default=300,
                    help="trials added to each model per round (default: 300)")
+    p.add_argument("--keep", type=int, default=1,
+                   help="records kept per kernel once done (default: 1, the fastest; 0 keeps "
+                        "everything)")
+    p.add_argument("--prune-only", action="store_true",
+                   help="only prune the databases to --keep records per kernel")
     p.add_argument("--max-trials", type=int, default=5000,
                    help="stop growing a model's database at this many trials (default: 5000)")
     args = p.parse_args(argv)
@@ -45,7 +73,7 @@ def main(argv=None) -> int:
     from neo_edge_runtime import compile_model
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    deadline = time.time() + args.minutes * 60
+    deadline = time.time() + (0 if args.prune_only else args.minutes * 60)
     while time.time() < deadline:
         progressed = False
         for name in models:
@@ -67,6 +95,10 @@ def main(argv=None) -> int:
             progressed = True
         if not progressed:
             break
+    if args.keep:
+        for name in models:
+            before, after = prune(tuning_dir(args.target, name), args.keep)
+            print(f"{name}: kept {after} of {before} tuning records", flush=True)
     return 0
 
 

@@ -9,6 +9,8 @@ Build machine only: this module imports the full TVM compiler.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -233,6 +235,30 @@ def _tuning_key(mod, target_spec: dict) -> str:
 CPU_CONV_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
 
 
+@contextlib.contextmanager
+def _zeroed_allocations():
+    """Have glibc's malloc hand out zeroed memory for the duration.
+
+    MetaSchedule's weight layout rewrites may pad (144 channels packed as 3 x 64); the
+    kernels never use the padding, but TVM leaves it unwritten, and an artifact must be
+    byte-identical for the same inputs. ``mallopt(M_PERTURB, 0xFF)`` makes malloc fill
+    new blocks with 0x00 (big blocks come from mmap, zeroed anyway). Elsewhere than glibc
+    this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    m_perturb = -6
+    mallopt(m_perturb, 0xFF)
+    try:
+        yield
+    finally:
+        mallopt(m_perturb, 0)
+
+
 def _precompute_transform(mod, params: list, tvm_target):
     """Weight prepacking done once on the build machine.
 
@@ -253,9 +279,10 @@ def _precompute_transform(mod, params: list, tvm_target):
                          **{gv: f for gv, f in tmod.functions.items()
                             if gv.name_hint not in (name, "main")}})
     vm = relax.VirtualMachine(tvm.compile(tmod, target=tvm_target), tvm.cpu())
-    out = vm["main"]([tvm.runtime.tensor(p) if not isinstance(p, tvm.runtime.Tensor) else p
-                      for p in params])
-    new_params = [tvm.runtime.tensor(o.numpy()) for o in out]
+    with _zeroed_allocations():
+        out = vm["main"]([tvm.runtime.tensor(p) if not isinstance(p, tvm.runtime.Tensor)
+                          else p for p in params])
+        new_params = [tvm.runtime.tensor(o.numpy()) for o in out]
     keep = {gv: f for gv, f in mod.functions.items() if gv.name_hint != name}
     mod = relax.transform.DeadCodeElimination(["main"])(tvm.IRModule(keep, attrs=mod.attrs))
     return mod, new_params
