@@ -46,6 +46,7 @@ import copy
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import aws_cdk as cdk
@@ -86,18 +87,17 @@ COMPILED_PATH = "$.compiled"
 ERROR_PATH = "$.error"
 
 
+@dataclass(frozen=True, kw_only=True)
 class SageMakerJobStates:
     """What differs between a training and a compilation polling loop."""
 
-    def __init__(self, *, action: str, name_key: str, status_key: str, done: str,
-                 failed: str, stopped: str, error_prefix: str) -> None:
-        self.action = action
-        self.name_key = name_key
-        self.status_key = status_key
-        self.done = done
-        self.failed = failed
-        self.stopped = stopped
-        self.error_prefix = error_prefix
+    action: str
+    name_key: str
+    status_key: str
+    done: str
+    failed: str
+    stopped: str
+    error_prefix: str
 
 
 TRAINING = SageMakerJobStates(action="TrainingJob", name_key="TrainingJobName",
