@@ -561,8 +561,9 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
     mod, params = relax.frontend.detach_params(mod)
     outputs = _output_specs(mod, output_names)
     log(f"compiling for {tgt.name} ({tgt.description})")
+    target_spec = _tvm_target(tgt)
     ex, shipped_params, tuning = _build(
-        mod, list(params.get("main", [])), tgt, _tvm_target(tgt), tune_trials,
+        mod, list(params.get("main", [])), tgt, target_spec, tune_trials,
         Path(tuning_db) if tuning_db is not None else None, progress, log)
 
     out = Path(output_dir)
@@ -584,7 +585,7 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
             "framework": fw,
             "source_sha256": artifact.sha256_file(src) if src.is_file() else None,
             "target": {"name": tgt.name, "arch": tgt.arch, "device": tgt.device,
-                       "tvm_target": _tvm_target(tgt)},
+                       "tvm_target": target_spec},
             "library": artifact.LIBRARY,
             "params": artifact.PARAMS if shipped_params else None,
             "inputs": inputs,

@@ -167,12 +167,10 @@ class EdgeModel:
         vm["vm_initialization"](_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
         params: list = []
         if manifest.get("params"):
+            # Already in the layout the kernels read: the compiler prepacks them.
             loaded = tvm_ffi.get_global_func("runtime.LoadParamsFromFile")(
                 str(path / manifest["params"]))
             params = [loaded[f"p{k}"] for k in range(len(loaded))]
-            transform = _get_function(vm, "main_transform_params")
-            if transform is not None:
-                params = list(transform(params))
         return cls(path, manifest, vm["main"], params, vm)
 
     # -- metadata --------------------------------------------------------------------
@@ -289,13 +287,6 @@ class EdgeModel:
             self._params = []
             self._main = None
             self._vm = None
-
-
-def _get_function(vm, name: str):
-    try:
-        return vm[name]
-    except (AttributeError, KeyError, RuntimeError):
-        return None
 
 
 def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # pragma: no cover
