@@ -599,13 +599,12 @@ def _device_run(argv: list[str]) -> int:
     server.join(60)
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
     import neo_edge_runtime
-    import tvm_ffi
 
     stats = {"model_latency": model.latency_stats(), "end_to_end_ms": end_to_end,
              "threads": service.settings.num_threads, "input_topic": service.settings.input_topic,
              "results_topic": service.settings.results_topic,
              "errors_topic": service.settings.errors_topic,
-             "runtime_module": neo_edge_runtime.__file__, "tvm_ffi_module": tvm_ffi.__file__,
+             "runtime_module": neo_edge_runtime.__file__,
              "compiler_library_mapped": "libtvm_compiler.so" in maps or "/libtvm.so" in maps,
              "tvm_imported": "tvm" in sys.modules, "rc": outcome.get("rc")}
     Path(os.environ["NEO_EDGE_LOCAL_STATS"]).write_text(json.dumps(stats))

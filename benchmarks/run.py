@@ -164,17 +164,17 @@ def compile_one(name: str, src: dict, target: str, tune_trials: int, log) -> tup
 # Measurements, each in fresh processes
 
 
-def device_bundle() -> Optional[Path]:
-    """The device bundle (``make bundle``) unpacked under build/bench/, or None.
+def device_bundle() -> Path:
+    """This machine's device bundle, built from this source tree and unpacked under
+    build/bench/.
 
     The TVM worker imports the runtime from it, so what is measured is what a device
-    installs; without it, from this source tree.
+    installs.
     """
+    from neo_edge_runtime.bundle import build_bundle
     from neo_edge_runtime.targets import host_arch
 
-    zipped = ROOT / "build" / "bundle" / f"neo-edge-runtime-{host_arch()}.zip"
-    if not zipped.exists():
-        return None
+    zipped = build_bundle(host_arch(), BUILD / "bundle-zip")
     dest = BUILD / f"bundle-{host_arch()}"
     stamp = dest / ".source-sha256"
     digest = hashlib.sha256(zipped.read_bytes()).hexdigest()
@@ -196,7 +196,7 @@ def device_bundle() -> Optional[Path]:
     return dest
 
 
-_BUNDLE: Optional[Path] = None
+_BUNDLE: Optional[Path] = None  # set by main()
 
 
 def _worker(mode: str, engine: str, model: Path, inputs: Path, threads: int, device: str,
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
     have_ort = not args.no_ort and importlib.util.find_spec("onnxruntime") is not None
     global _BUNDLE
     _BUNDLE = device_bundle()
-    log(f"TVM runtime from {_BUNDLE or 'this source tree (no device bundle built)'}")
+    log(f"TVM runtime from the device bundle unpacked in {_BUNDLE}")
 
     results = {"schema": 1, "target": {"name": tgt.name, "arch": tgt.arch, "device": tgt.device},
                "machine": machine_info(), "versions": versions(), "threads": threads,
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
                             "dtype": "float32"},
                "command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]),
                "install_size": install_sizes(),
-               "tvm_runtime_from": "device bundle" if _BUNDLE else "source tree",
+               "tvm_runtime_from": "device bundle",
                "models": {}}
     started = time.time()
     for name in models:

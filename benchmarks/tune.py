@@ -23,10 +23,9 @@ from .run import BUILD, CNNS, MODELS, build_model, tuning_dir
 
 
 def trials_done(db: Path) -> int:
-    from neo_edge_runtime.compiler import TUNING_MARKER
+    from neo_edge_runtime.compiler import read_tuning_marker
 
-    marker = db / TUNING_MARKER
-    return max(json.loads(marker.read_text()).values(), default=0) if marker.exists() else 0
+    return max(read_tuning_marker(db)["trials"].values(), default=0)
 
 
 def prune(db: Path, keep: int = 1) -> tuple[int, int]:

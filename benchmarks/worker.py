@@ -31,12 +31,9 @@ RUNTIME_MODULE = "neo_edge_runtime.runtime"
 
 
 def _tvm(model: str, threads: int, bundle: str | None):
-    # The device runtime only: libtvm_runtime.so through tvm_ffi, never ``import tvm``.
+    # The device runtime only: libtvm_runtime.so through TVM-FFI's C ABI, never ``import tvm``.
     if bundle:
         sys.path.insert(0, bundle)
-    # A device has no PyTorch; tvm_ffi imports it eagerly where it is installed (as on a
-    # build machine with the torch extra), which would add seconds and hundreds of MB.
-    sys.modules.setdefault("torch", None)
     from neo_edge_runtime.runtime import EdgeModel
 
     m = EdgeModel.load(model, num_threads=threads)

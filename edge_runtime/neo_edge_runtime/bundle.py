@@ -4,14 +4,14 @@ A zip whose root is a folder for ``PYTHONPATH``::
 
     edge_inference.py            the on-device handler (lambda/edge_inference)
     neo_edge_runtime/            this package, device modules only
-    neo_edge_runtime/_lib/       libtvm_runtime.so (+ libtvm_runtime_cuda.so for NVIDIA)
-    tvm_ffi/                     TVM's FFI bindings: Python modules, core extension,
-                                 libtvm_ffi.so (no headers, sources or test library:
-                                 a few-KB stub stands in for libtvm_ffi_testing.so)
-    typing_extensions.py         tvm_ffi's only dependency
+    neo_edge_runtime/_lib/       libtvm_ffi.so, libtvm_runtime.so
+                                 (+ libtvm_runtime_cuda.so for NVIDIA)
 
-No compiler: the 259 MB ``libtvm_compiler.so`` is not in it. numpy is a device
-prerequisite (as it is for ONNX Runtime), not part of the bundle.
+No compiler: the 259 MB ``libtvm_compiler.so`` is not in it, and no Python bindings
+either: the runtime calls the two libraries through TVM-FFI's C ABI (``_ffi``). numpy is
+a device prerequisite (as it is for ONNX Runtime), not part of the bundle. GPU artifacts
+run through TVM's Python runtime, so an NVIDIA device also needs the ``apache-tvm``
+wheel.
 
 For the build machine's architecture the files come from the installed wheels; for
 another architecture from that architecture's wheels of the same pinned versions
@@ -22,7 +22,6 @@ deterministic: sorted entries, fixed timestamps.
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata
 import importlib.util
 import io
@@ -44,20 +43,9 @@ HANDLER = REPO_ROOT / "lambda" / "edge_inference" / "edge_inference.py"
 
 #: Modules of this package a device never needs (they import the compiler or onnx).
 BUILD_ONLY = ("compiler.py", "xgboost_onnx.py", "zoo.py", "bench.py", "bundle.py")
-#: What of tvm_ffi a device never needs.
-TVM_FFI_EXCLUDE = ("include/*", "3rdparty/*", "src/*", "cython/*", "share/*", "stub/*",
-                   "cmake/*", "lib/libtvm_ffi_testing.so", "*.pyi", "*/__pycache__/*",
-                   "__pycache__/*", "CMakeLists.txt")
-
 #: manylinux platform tags per device architecture.
 WHEEL_PLATFORMS = {"x86_64": "manylinux_2_28_x86_64", "aarch64": "manylinux_2_28_aarch64"}
 STRIP = {"x86_64": "strip", "aarch64": "aarch64-linux-gnu-strip"}
-CC = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
-
-# tvm_ffi's Cython core links libtvm_ffi_testing.so (1.9 MB of test functions) only to
-# call this one function at import, which exists to force the library's loading. The
-# bundle ships this stub in its place, a few KB.
-_TESTING_STUB = "int TVMFFITestingDummyTarget(void) { return 0; }\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -80,7 +68,7 @@ def _wheel_tree(arch: str, cache: Path) -> tuple[Path, Path]:
                           f"{', '.join(WHEEL_PLATFORMS)} only")
     dest = cache / arch
     unpacked = dest / "site"
-    if not (unpacked / "tvm_ffi").is_dir() or not (unpacked / "tvm").is_dir():
+    if not (unpacked / "tvm_ffi" / "lib").is_dir() or not (unpacked / "tvm").is_dir():
         dest.mkdir(parents=True, exist_ok=True)
         reqs = [f"apache-tvm=={_pinned('apache-tvm')}", f"apache-tvm-ffi=={_pinned('apache-tvm-ffi')}"]
         proc = subprocess.run(
@@ -94,13 +82,9 @@ def _wheel_tree(arch: str, cache: Path) -> tuple[Path, Path]:
         for whl in sorted((dest / "wheels").glob("*.whl")):
             with zipfile.ZipFile(whl) as z:
                 members = [m for m in z.namelist() if m.startswith(("tvm/lib/libtvm_runtime",
-                                                                    "tvm_ffi/"))]
+                                                                    "tvm_ffi/lib/"))]
                 z.extractall(unpacked, members)
     return unpacked / "tvm", unpacked / "tvm_ffi"
-
-
-def _excluded(rel: str, patterns) -> bool:
-    return any(fnmatch.fnmatch(rel, p) for p in patterns)
 
 
 def _strip(data: bytes, arch: str) -> bytes:
@@ -114,18 +98,6 @@ def _strip(data: bytes, arch: str) -> bytes:
         return f.read_bytes()
 
 
-def _testing_stub(arch: str) -> bytes:
-    cc = shutil.which(CC[arch])
-    if cc is None:
-        raise BundleError(f"building the {arch} bundle needs {CC[arch]} (make setup installs it)")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "stub.c", Path(tmp) / "libtvm_ffi_testing.so"
-        src.write_text(_TESTING_STUB)
-        subprocess.run([cc, "-shared", "-fPIC", "-O2", "-s", "-Wl,--build-id=none", "-o", str(out),
-                        str(src)], check=True, capture_output=True, cwd=tmp)
-        return out.read_bytes()
-
-
 def bundle_files(arch: str, *, cuda: bool = False, cache: Optional[Path] = None) -> dict:
     """Map of path inside the bundle to bytes, for ``arch`` (and NVIDIA GPUs if ``cuda``)."""
     cache = cache or REPO_ROOT / "build" / "wheels"
@@ -136,21 +108,13 @@ def bundle_files(arch: str, *, cuda: bool = False, cache: Optional[Path] = None)
         if f.is_file() and "__pycache__" not in rel and rel not in BUILD_ONLY \
                 and not rel.startswith("_lib/"):
             files[f"neo_edge_runtime/{rel}"] = f.read_bytes()
-    libs = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
-    for name in libs:
-        src = tvm_dir / "lib" / name
+    libs = [ffi_dir / "lib" / "libtvm_ffi.so", tvm_dir / "lib" / "libtvm_runtime.so"]
+    if cuda:
+        libs.append(tvm_dir / "lib" / "libtvm_runtime_cuda.so")
+    for src in libs:
         if not src.is_file():
-            raise BundleError(f"{src} is missing from the apache-tvm wheel for {arch}")
-        files[f"neo_edge_runtime/_lib/{name}"] = _strip(src.read_bytes(), arch)
-    for f in sorted(ffi_dir.rglob("*")):
-        rel = f.relative_to(ffi_dir).as_posix()
-        if f.is_file() and not _excluded(rel, TVM_FFI_EXCLUDE):
-            data = f.read_bytes()
-            files[f"tvm_ffi/{rel}"] = _strip(data, arch) if rel.endswith(".so") else data
-    files["tvm_ffi/lib/libtvm_ffi_testing.so"] = _testing_stub(arch)
-    # tvm_ffi's one runtime dependency, pure Python.
-    files["typing_extensions.py"] = Path(importlib.util.find_spec("typing_extensions").origin) \
-        .read_bytes()
+            raise BundleError(f"{src} is missing from the {arch} wheels")
+        files[f"neo_edge_runtime/_lib/{src.name}"] = _strip(src.read_bytes(), arch)
     files["edge_inference.py"] = HANDLER.read_bytes()
     return files
 

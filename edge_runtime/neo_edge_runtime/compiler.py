@@ -289,9 +289,11 @@ def _precompute_transform(mod, params: list, tvm_target):
 
 
 #: Trials each kernel gets first, so pooling, concatenation and residual adds are
-#: parallelized and vectorized too; what remains goes to the convolutions and matmuls.
+#: parallelized and vectorized too; what remains goes to the matmuls.
 COVERAGE_TRIALS_PER_TASK = 8
-HEAVY_OPS = ["conv2d", "matmul", "dense"]
+HEAVY_OPS = ["matmul", "dense"]
+#: Template schedules measured per convolution kernel (see :mod:`.schedules`).
+CONV_CANDIDATES = 12
 
 
 def _build_candidate(mod, target, _params):
@@ -307,35 +309,147 @@ def _build_candidate(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int = 0) -> None:
-    """Spend ``trials`` more MetaSchedule trials on ``mod``'s kernels (``done`` were spent
-    before), recorded in ``db``.
+def _measurers():
+    from tvm.s_tir import meta_schedule as ms
 
-    Two rounds: every kernel gets a few trials first (a schedule that uses all cores and the
-    vector units is most of the gain for the cheap ones), then the gradient task
-    scheduler gives the rest to the convolutions and matmuls, where the time goes. The
-    evolutionary search is sized down (population 256, 2 genetic rounds): on a small
-    build machine the search, not the measurement, is what a trial costs.
+    return (ms.builder.LocalBuilder(timeout_sec=300, f_build=_build_candidate),
+            ms.runner.LocalRunner(timeout_sec=120))
+
+
+def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
+                       log: Callable[[str], None]) -> list:
+    """Measure the template schedules of every convolution kernel in ``tasks``, commit them
+    to the database in ``db`` and note the fastest in ``searched`` (which also lists what
+    was measured before: only new candidates are). Returns the tasks the templates do not
+    cover."""
+    import tvm_ffi
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import schedules
+
+    lanes, registers = schedules.vector_config(tvm_target)
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    builder, runner = _measurers()
+    rest = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        configs = schedules.candidates(mod["main"], lanes, registers, CONV_CANDIDATES)
+        if not configs:
+            rest.append(task)
+            continue
+        key = f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+        entry = searched.get(key, {"kernel": task.task_name})
+        entry.setdefault("measured", [])
+        configs = [c for c in configs if str(c) not in entry["measured"]]
+        if not configs:
+            if "ms" not in entry:
+                rest.append(task)
+            continue
+        workload = database.commit_workload(mod)
+        scheduled = []
+        for config in configs:
+            sch = s_tir.Schedule(mod)
+            schedules.apply(sch, config)
+            # The kernel as measured reads weights already in the layout the tile wants.
+            scheduled.append((config, sch, ms.arg_info.ArgInfo.from_entry_func(
+                sch.mod, remove_preproc=True)))
+        built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
+                               for _, sch, _ in scheduled])
+        ok = [(*s, b) for s, b in zip(scheduled, built) if b.error_msg is None]
+        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args_info)
+                              for _, _, args_info, b in ok])
+        for (config, sch, args_info, _), future in zip(ok, futures):
+            result = future.result()
+            if result.error_msg is not None or not result.run_secs:
+                continue
+            secs = [float(s) for s in result.run_secs]
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, workload, secs, tvm_target, args_info))
+            t = round(sum(secs) / len(secs) * 1e3, 4)
+            if "ms" not in entry or t < entry["ms"]:
+                entry.update(schedule=str(config), ms=t)
+        for b in built:
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in configs})
+        searched[key] = entry
+        if "ms" not in entry:  # no candidate built and ran: MetaSchedule's search instead
+            rest.append(task)
+            continue
+        log(f"{task.task_name}: {entry['schedule']}, {entry['ms']:.3f} ms")
+    return rest
+
+
+def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int, searched: dict,
+                log: Callable[[str], None] = lambda msg: None) -> None:
+    """Tune ``mod``'s kernels into the database in ``db``.
+
+    Convolutions get the register-tiled template schedules of :mod:`.schedules`, each
+    candidate measured (once per database: ``searched`` records them). The other kernels
+    get ``trials`` more MetaSchedule trials (``done`` were spent before) in two rounds:
+    every kernel a few trials first (a schedule that uses all cores and the vector units
+    is most of the gain for the cheap ones), then the gradient task scheduler gives the
+    rest to the matmuls. The evolutionary search is sized down (population 256, 2 genetic
+    rounds): on a small build machine the search, not the measurement, is what a trial
+    costs.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    def strategy():
-        return ms.search_strategy.EvolutionarySearch(population_size=256, genetic_num_iters=2)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    rest = _tune_convolutions(tasks, tvm_target, db, searched, log)
+    if not trials or not rest:
+        return
 
-    def tune(op_names, budget, per_task, per_iter):
-        ms.relax_integration.tune_relax(
-            mod, params={}, target=tvm_target, work_dir=str(db), op_names=op_names,
-            max_trials_global=budget, max_trials_per_task=per_task,
-            num_trials_per_iter=per_iter, strategy=strategy(),
-            builder=ms.builder.LocalBuilder(timeout_sec=300, f_build=_build_candidate),
-            runner=ms.runner.LocalRunner(timeout_sec=120), seed=done)
+    def tune(selected, budget, per_task, per_iter):
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            selected, str(db), strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=256, genetic_num_iters=2), seed=done)
+        builder, runner = _measurers()
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db),
+                           max_trials_global=budget, max_trials_per_task=per_task,
+                           num_trials_per_iter=per_iter, builder=builder, runner=runner)
 
-    n_tasks = len(ms.relax_integration.extract_tasks(mod, tvm_target))
-    coverage = min(trials, max(0, COVERAGE_TRIALS_PER_TASK * n_tasks - done))
+    coverage = min(trials, max(0, COVERAGE_TRIALS_PER_TASK * len(rest) - done))
     if coverage:
-        tune(None, coverage, COVERAGE_TRIALS_PER_TASK, COVERAGE_TRIALS_PER_TASK)
-    if trials > coverage:
-        tune(HEAVY_OPS, trials - coverage, trials - coverage, 16)
+        tune(rest, coverage, COVERAGE_TRIALS_PER_TASK, COVERAGE_TRIALS_PER_TASK)
+    heavy = [t for t in rest if any(op in t.task_name for op in HEAVY_OPS)]
+    if trials > coverage and heavy:
+        tune(heavy, trials - coverage, trials - coverage, 16)
+
+
+def _pad_output_channels(mod, lanes: int):
+    """Give channels-last convolutions a multiple of ``lanes`` output channels.
+
+    A convolution with 1000 output channels (a classifier) only divides into 8-float
+    vectors, half an AVX-512 register; padded to 1008 (zero weights, computed at compile
+    time), its tiles use whole registers and the extra channels are sliced off after. Only
+    when the padding adds at most 1/8 of the work: 24 channels stay 24.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x, w = wildcard(), wildcard()
+    conv = is_op("relax.nn.conv2d")(x, w)
+
+    def rewrite(expr, matched):
+        attrs = matched[conv].attrs
+        out = int(matched[w].ty.shape[0])
+        pad = -out % lanes
+        if (attrs.data_layout, attrs.kernel_layout, int(attrs.groups)) != ("NHWC", "OHWI", 1) \
+                or not pad or pad * 8 > out:
+            return expr
+        weight = relax.op.nn.pad(matched[w], [0, pad, 0, 0, 0, 0, 0, 0])
+        padded = relax.op.nn.conv2d(
+            matched[x], weight, strides=attrs.strides, padding=attrs.padding,
+            dilation=attrs.dilation, data_layout="NHWC", kernel_layout="OHWI",
+            out_layout="NHWC", out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
+        return relax.op.strided_slice(padded, axes=[3], begin=[0], end=[out])
+
+    funcs = {gv: rewrite_call(conv, rewrite, f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
 
 
 def _fold_batch_norm(mod):
@@ -410,31 +524,51 @@ def _unlower_min_max(mod):
     return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
 
 
-def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int = 0):
-    """MetaSchedule with weight prepacking, sized for small build machines.
+def _tuning_module(mod, params: list, tvm_target):
+    """``mod`` as tuning sees it, with the weights ``main`` then takes.
 
     TVM's static_shape_tuning pipeline, plus: batch norms folded into the convolutions,
-    ReLU6 visible to fusion, convolutions in channels-last layout, and everything that depends on the weights
-    alone (folded weights and shifts, layout changes, MetaSchedule's layout rewrites)
-    computed here once, so tuning spends no trials on weight transposes and the device
-    receives prepacked weights.
-
-    Returns (module to build, weights ``main`` takes).
+    ReLU6 visible to fusion, convolutions in channels-last layout with whole vectors of
+    output channels, and what depends on the weights alone (folded weights and shifts,
+    layout changes, padding) computed here once.
     """
     import tvm
     from tvm import relax
     from tvm.relax import transform as T
 
+    from . import schedules
+
     with tvm_target:
         mod = _unlower_min_max(_fold_batch_norm(mod))
+        mod = T.ConvertLayout(CPU_CONV_LAYOUT)(mod)
+        mod = _pad_output_channels(mod, schedules.vector_config(tvm_target)[0])
         mod = tvm.transform.Sequential([
-            T.ConvertLayout(CPU_CONV_LAYOUT), T.DecomposeOpsForInference(),
-            T.CanonicalizeBindings(), T.LiftTransformParams()])(mod)
+            T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
+            T.LiftTransformParams()])(mod)
         mod, params = _precompute_transform(mod, params, tvm_target)
         mod = tvm.transform.Sequential([
             relax.get_pipeline("zero"), T.AttachAttrLayoutFreeBuffers()])(mod)
+    return mod, params
+
+
+def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searched: dict,
+          log: Callable[[str], None]):
+    """Tuning with weight prepacking, sized for small build machines.
+
+    Tunes :func:`_tuning_module` (convolutions with template schedules, see
+    :func:`_run_tuning`) and applies the database; MetaSchedule's layout rewrites of the
+    weights are computed here too, so tuning spends no trials on weight transposes and the
+    device receives prepacked weights.
+
+    Returns (module to build, weights ``main`` takes).
+    """
+    import tvm
+    from tvm.relax import transform as T
+
+    mod, params = _tuning_module(mod, params, tvm_target)
+    with tvm_target:
         if trials:
-            _run_tuning(mod, tvm_target, db, trials, done)
+            _run_tuning(mod, tvm_target, db, trials, done, searched, log)
         mod = tvm.transform.Sequential([
             T.MetaScheduleApplyDatabase(str(db)), T.SplitLayoutRewritePreproc(),
             T.LiftTransformParams(), T.FoldConstant()])(mod)
@@ -470,18 +604,48 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
         tempfile.mkdtemp(prefix="neo-edge-tuning-"))
     db.mkdir(parents=True, exist_ok=True)
     marker = db / TUNING_MARKER
-    done = json.loads(marker.read_text()) if marker.exists() else {}
+    state = read_tuning_marker(db)
+    done, searched = state["trials"], state["convolutions"]
     key = _tuning_key(mod, target_spec)
     trials = max(0, tune_trials - done.get(key, 0))
     if done.get(key) and not trials:
         log(f"reusing {done[key]} tuning trials from {db}")
-    with _TuningProgress(db, trials, progress and trials > 0):
+    with _TuningProgress(db, trials, progress and trials > 0), _measuring_threads(cores):
         mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
-                                  done.get(key, 0))
+                                  done.get(key, 0), searched, log)
     if trials:
         done[key] = done.get(key, 0) + trials
-        marker.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
+        marker.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     return tvm.compile(mod, target=tvm_target), param_values, {"trials": done.get(key, 0)}
+
+
+@contextlib.contextmanager
+def _measuring_threads(cores: int):
+    """Have MetaSchedule's measuring processes run kernels on ``cores`` threads.
+
+    They inherit this process's environment, and TVM's thread pool otherwise starts with
+    half the logical CPUs on x86 (one thread on a 2-core machine without SMT), which would
+    tune for, and pick, schedules that suit one core.
+    """
+    name = "TVM_NUM_THREADS"
+    before = os.environ.get(name)
+    os.environ[name] = str(cores)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def read_tuning_marker(db: Path) -> dict:
+    """What tuning spent in ``db``: ``{"trials": {model key: MetaSchedule trials},
+    "convolutions": {kernel hash: the template schedule chosen}}``."""
+    marker = Path(db) / TUNING_MARKER
+    state = json.loads(marker.read_text()) if marker.exists() else {}
+    return {"trials": dict(state.get("trials", {})),
+            "convolutions": dict(state.get("convolutions", {}))}
 
 
 def compile_model(model: str | os.PathLike, target: str | Target = "host",

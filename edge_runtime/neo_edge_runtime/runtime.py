@@ -1,8 +1,9 @@
 """The device runtime: load a compiled artifact and run inference.
 
-Only the TVM *runtime* library (``libtvm_runtime.so``, ~3 MB) and the ``tvm_ffi``
-bindings are loaded: the 259 MB compiler library never is, and ``import tvm`` is not
-needed at all on a CPU device. This is what a Greengrass core device runs.
+Only the TVM *runtime* library (``libtvm_runtime.so``, ~3 MB) and TVM-FFI's
+``libtvm_ffi.so`` are loaded, called through their C ABI (:mod:`._ffi`): the 259 MB
+compiler library never is, and neither ``tvm`` nor the ``tvm_ffi`` Python package is
+imported on a CPU device. This is what a Greengrass core device runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from . import artifact
+from . import _ffi, artifact
 from .errors import ArtifactError, InputError
 from .targets import host_arch
 
@@ -50,7 +51,8 @@ def runtime_library_dirs() -> list[Path]:
 
 
 def _import_tvm_ffi():
-    """``import tvm_ffi``, without the PyTorch import it attempts first.
+    """``import tvm_ffi``, without the PyTorch import it attempts first (GPU artifacts
+    only: they run through TVM's Python runtime).
 
     tvm_ffi imports torch eagerly when it is installed (a build machine with the torch
     extra): seconds and hundreds of MB that a runtime never uses. torch is hidden for
@@ -69,34 +71,86 @@ def _import_tvm_ffi():
     return tvm_ffi
 
 
-def _load_runtime_library(device: str) -> None:
-    """Load libtvm_runtime.so (and the CUDA runtime module for GPU artifacts) once."""
-    _import_tvm_ffi()  # loads libtvm_ffi.so, which libtvm_runtime.so links to
+def _ffi_library_dirs() -> list[Path]:
+    """Where ``libtvm_ffi.so`` is looked for: beside libtvm_runtime.so, then in the
+    installed ``tvm_ffi`` package's ``lib/`` (found without importing it)."""
+    dirs = runtime_library_dirs()
+    spec = importlib.util.find_spec("tvm_ffi")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "lib")
+    return dirs
 
-    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if device == "cuda" else [])
+
+def _load_runtime_library(device: str) -> None:
+    """Load libtvm_ffi.so and libtvm_runtime.so (and the CUDA runtime module for GPU
+    artifacts) once."""
+    _default_pool_size()
+    wanted = [("libtvm_ffi.so", _ffi_library_dirs()), ("libtvm_runtime.so", runtime_library_dirs())]
+    if device == "cuda":
+        wanted.append(("libtvm_runtime_cuda.so", runtime_library_dirs()))
     with _lib_lock:
-        for name in names:
+        for name, dirs in wanted:
             if name in _loaded_libs:
                 continue
-            for d in runtime_library_dirs():
-                if (d / name).is_file():
-                    _loaded_libs[name] = ctypes.CDLL(str(d / name), mode=ctypes.RTLD_GLOBAL)
-                    break
-            else:
-                searched = ", ".join(str(d) for d in runtime_library_dirs())
+            found = next((d / name for d in dirs if (d / name).is_file()), None)
+            if found is None:
+                searched = ", ".join(str(d) for d in dirs)
                 raise ArtifactError(f"cannot find {name} (searched {searched}); install the "
                                     "neo-edge device bundle or set NEO_EDGE_TVM_RUNTIME_DIR")
+            _loaded_libs[name] = ctypes.CDLL(str(found), mode=ctypes.RTLD_GLOBAL)
+            if name == "libtvm_ffi.so":
+                _ffi.bind(_loaded_libs[name])
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+#: TVM sizes its thread pool once, when it starts, from $TVM_NUM_THREADS, else from half
+#: the logical CPUs on x86 (assuming 2-way SMT: one thread on a 2-core machine without
+#: it); later settings can only lower it. The runtime sets the variable to the physical
+#: cores before the pool starts, unless the caller set it.
+_POOL_SIZE_VARIABLE = "TVM_NUM_THREADS"
+_pool_started = False
+
+
+def _default_pool_size() -> None:
+    os.environ.setdefault(_POOL_SIZE_VARIABLE, str(physical_cores()))
 
 
 def set_num_threads(n: int) -> None:
-    """Set the TVM thread pool size for this process (TVM's pool is process-wide)."""
-    import tvm_ffi
+    """Set the TVM thread pool size for this process (TVM's pool is process-wide).
 
-    if not isinstance(n, int) or n < 1:
+    More threads than the pool started with (``$TVM_NUM_THREADS``, default: the
+    physical cores) can only be had before the first model runs.
+    """
+    global _pool_started
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"num_threads must be a positive integer; got {n!r}")
     _load_runtime_library("cpu")
+    pool = int(os.environ.get(_POOL_SIZE_VARIABLE) or 0)
+    if n > pool:
+        if _pool_started:
+            raise ValueError(
+                f"num_threads={n} is more than the {pool} threads TVM's pool started with "
+                f"in this process; start the process with {_POOL_SIZE_VARIABLE}={n}")
+        os.environ[_POOL_SIZE_VARIABLE] = str(n)
     # affinity mode 1 (kBig): spread over the big cores, as TVM does by default
-    tvm_ffi.get_global_func("runtime.config_threadpool")(1, n)
+    _ffi.get_global("runtime.config_threadpool")(1, n)
+    _pool_started = True
 
 
 def _aligned_empty(shape, dtype) -> np.ndarray:
@@ -115,7 +169,11 @@ class EdgeModel:
     pool already uses every core given to it).
     """
 
-    def __init__(self, path: Path, manifest: dict, main, params: list, vm):
+    def __init__(self, path: Path, manifest: dict, main, params: list, vm, *,
+                 host_arrays: bool = False):
+        """``main(*inputs, *params)`` runs the model: on TVM tensors, returning a TVM
+        tensor or array of them; with ``host_arrays``, on numpy arrays, returning a
+        sequence of numpy arrays."""
         self.path = path
         self.manifest = manifest
         self._vm = vm  # owns the memory main's results live in: outlives every call
@@ -124,8 +182,16 @@ class EdgeModel:
         self._lock = threading.Lock()
         self._latencies: collections.deque = collections.deque(maxlen=10_000)
         self._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in self.inputs}
-        import tvm_ffi
-        self._tensors = [tvm_ffi.from_dlpack(self._buffers[i["name"]]) for i in self.inputs]
+        self._host_arrays = host_arrays
+        if host_arrays:
+            self._tensors = [self._buffers[i["name"]] for i in self.inputs]
+            self._run = lambda: main(*self._tensors)
+        else:
+            wrapped = [_ffi.tensor_from_array(self._buffers[i["name"]]) for i in self.inputs]
+            self._tensors = [t for t, _ in wrapped]
+            self._keep_alive = [k for _, k in wrapped]
+            # The same input tensors (their buffers refilled) and weights every call.
+            self._run = main.bind(*self._tensors, *params)
 
     # -- loading ---------------------------------------------------------------------
 
@@ -141,8 +207,8 @@ class EdgeModel:
         path:
             An artifact folder written by ``compile_model``.
         num_threads:
-            Size of TVM's thread pool (process-wide). Default: TVM's choice
-            (``TVM_NUM_THREADS`` or the number of physical cores).
+            Size of TVM's thread pool (process-wide). Default: ``$TVM_NUM_THREADS``,
+            else the physical cores this process may use.
         """
         path = Path(path)
         manifest = artifact.verify(path)
@@ -160,18 +226,19 @@ class EdgeModel:
         _load_runtime_library(device)
         if num_threads is not None:
             set_num_threads(num_threads)
-        import tvm_ffi
 
-        lib = tvm_ffi.load_module(str((path / manifest["library"]).resolve()))
-        vm = lib["vm_load_executable"]()
-        vm["vm_initialization"](_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
+        lib = _ffi.get_global("ffi.ModuleLoadFromFile")(
+            str((path / manifest["library"]).resolve()))
+        vm = _ffi.module_function(lib, "vm_load_executable")()
+        _ffi.module_function(vm, "vm_initialization")(_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
         params: list = []
         if manifest.get("params"):
             # Already in the layout the kernels read: the compiler prepacks them.
-            loaded = tvm_ffi.get_global_func("runtime.LoadParamsFromFile")(
-                str(path / manifest["params"]))
-            params = [loaded[f"p{k}"] for k in range(len(loaded))]
-        return cls(path, manifest, vm["main"], params, vm)
+            loaded = _ffi.get_global("runtime.LoadParamsFromFile")(str(path / manifest["params"]))
+            get = _ffi.get_global("ffi.MapGetItem")
+            params = [get(loaded, f"p{k}")
+                      for k in range(_ffi.get_global("ffi.MapSize")(loaded))]
+        return cls(path, manifest, _ffi.module_function(vm, "main"), params, vm)
 
     # -- metadata --------------------------------------------------------------------
 
@@ -246,17 +313,21 @@ class EdgeModel:
         dict
             Output name to a numpy array the caller owns.
         """
+        global _pool_started
         checked = self._check(inputs)
         with self._lock:
+            _pool_started = True  # the first parallel kernel starts TVM's thread pool
             start = time.perf_counter()
             for name, arr in checked.items():
                 np.copyto(self._buffers[name], arr)
-            result = self._main(*self._tensors, *self._params)
-            fields = [result] if hasattr(result, "__dlpack__") else list(result)
-            # Copy out before the VM's pooled allocator reuses the memory.
-            outputs = {spec["name"]: np.array(np.from_dlpack(t), copy=True)
-                       for spec, t in zip(self.outputs, fields)}
-            del result, fields
+            result = self._run()
+            if self._host_arrays:
+                fields = list(result)
+            else:  # copied out before the VM's pooled allocator reuses the memory
+                items = [result] if result.type_index == _ffi.TENSOR else _ffi.array_items(result)
+                fields = [_ffi.tensor_to_array(t) for t in items]
+            outputs = {spec["name"]: f for spec, f in zip(self.outputs, fields)}
+            del result
             self._latencies.append(time.perf_counter() - start)
         return outputs
 
@@ -283,7 +354,9 @@ class EdgeModel:
     def close(self) -> None:
         """Release the VM and the library (outputs already returned stay valid)."""
         with self._lock:
+            self._run = None
             self._tensors = []
+            self._keep_alive = []
             self._params = []
             self._main = None
             self._vm = None
@@ -305,9 +378,9 @@ def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # 
         tvm.runtime.load_module(str(path / manifest["library"])), dev)
     main = vm["main"]
 
-    def run(*host_tensors):
-        out = main(*[tvm.runtime.tensor(np.from_dlpack(t), device=dev) for t in host_tensors])
+    def run(*host_arrays):
+        out = main(*[tvm.runtime.tensor(a, device=dev) for a in host_arrays])
         fields = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
         return tuple(f.numpy() for f in fields)
 
-    return cls(path, manifest, run, [], vm)
+    return cls(path, manifest, run, [], vm, host_arrays=True)

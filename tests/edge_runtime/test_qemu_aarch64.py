@@ -103,8 +103,7 @@ def test_the_guest_runs_the_bundles_libraries_and_no_compiler(guest, device_dir,
                                                               rasp4b_artifact):
     assert guest["tvm_importable"] is False
     assert guest["libs"] == sorted([
+        str(device_dir / "neo_edge_runtime" / "_lib" / "libtvm_ffi.so"),
         str(device_dir / "neo_edge_runtime" / "_lib" / "libtvm_runtime.so"),
-        str(device_dir / "tvm_ffi" / "lib" / "libtvm_ffi.so"),
-        str(device_dir / "tvm_ffi" / "lib" / "libtvm_ffi_testing.so"),
         str(rasp4b_artifact / "model.so"),
     ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def test_loads_only_the_runtime_library(host_artifact):
         assert "libtvm_runtime.so" in maps, "runtime library not mapped"
         assert "libtvm_compiler" not in maps, "compiler library mapped"
         assert "tvm" not in sys.modules, "the tvm package was imported"
-        assert "torch" not in sys.modules, "tvm_ffi imported PyTorch"
+        assert "tvm_ffi" not in sys.modules, "the tvm_ffi package was imported"
+        assert "torch" not in sys.modules, "PyTorch was imported"
         import torch  # still importable by the application afterwards
         print("ok")
     """)
@@ -147,14 +149,52 @@ def test_calls_from_many_threads_agree(model, rng):
 
 def test_thread_count_is_settable(host_artifact):
     code = textwrap.dedent(f"""
-        import tvm_ffi
-        from neo_edge_runtime import EdgeModel
+        from neo_edge_runtime import EdgeModel, _ffi
         EdgeModel.load({str(host_artifact)!r}, num_threads=1)
-        print(tvm_ffi.get_global_func("runtime.NumThreads")())
+        print(_ffi.get_global("runtime.NumThreads")())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def _in_fresh_process(code: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env={**environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_thread_pool_starts_with_the_physical_cores_or_as_asked(host_artifact):
+    # TVM alone starts half the logical CPUs on x86: one thread on a 2-core machine.
+    from neo_edge_runtime.runtime import physical_cores
+
+    code = f"""
+        from neo_edge_runtime import EdgeModel, _ffi
+        EdgeModel.load({str(host_artifact)!r}{{}})
+        print(_ffi.get_global("runtime.NumThreads")())
+    """
+    assert _in_fresh_process(code.format("")) == str(physical_cores())
+    assert _in_fresh_process(code.format(", num_threads=3")) == "3"
+
+
+def test_more_threads_than_the_running_pool_is_refused(host_artifact):
+    code = f"""
+        import numpy as np
+        from neo_edge_runtime import EdgeModel
+        from neo_edge_runtime.runtime import set_num_threads
+        m = EdgeModel.load({str(host_artifact)!r}, num_threads=1)
+        m.predict(np.zeros((1, 3, 16, 16), np.float32))
+        set_num_threads(1)
+        try:
+            set_num_threads(2)
+        except ValueError as exc:
+            print(exc)
+    """
+    assert _in_fresh_process(code, TVM_NUM_THREADS="1") == (
+        "num_threads=2 is more than the 1 threads TVM's pool started with in this process; "
+        "start the process with TVM_NUM_THREADS=2")
 
 
 def test_fails_when_thread_count_is_not_positive(host_artifact):

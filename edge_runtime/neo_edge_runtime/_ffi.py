@@ -1,0 +1,228 @@
+"""The few calls the CPU runtime makes into TVM, through TVM-FFI's stable C ABI.
+
+The ``tvm_ffi`` Python package would do the same, but importing it costs a device about
+80 ms at every start (it imports ``importlib.metadata``, dataclasses, its C++ extension
+builder, ml_dtypes...) for six functions: look up a global function, call a function,
+load a module, wrap a buffer as a tensor, read a tensor, release an object. The layouts
+below are those of ``tvm/ffi/c_api.h`` (TVM-FFI's ABI, stable across its releases).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Callable
+
+import numpy as np
+
+# TVMFFITypeIndex values used here
+_NONE, _INT, _BOOL, _FLOAT, _RAW_STR, _SMALL_STR = 0, 1, 2, 3, 8, 11
+_OBJECT_BEGIN, _STR, _FUNCTION, TENSOR, _ARRAY = 64, 65, 68, 70, 71
+_OBJECT_HEADER = 24  # sizeof(TVMFFIObject): ref counts, type index, deleter
+
+_DL_CODES = {"i": 0, "u": 1, "f": 2, "b": 6}  # numpy kind -> DLDataTypeCode
+_NP_KINDS = {0: "int", 1: "uint", 2: "float"}
+
+
+class _Any(ctypes.Structure):
+    _fields_ = [("type_index", ctypes.c_int32), ("small_len", ctypes.c_uint32),
+                ("value", ctypes.c_uint64)]
+
+
+class _ByteArray(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_Deleter = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", _Deleter)]
+
+
+@_Deleter
+def _keep(_):  # the caller owns the memory of tensors it wraps
+    pass
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def bind(lib: ctypes.CDLL) -> None:
+    """Use ``lib`` (libtvm_ffi.so, loaded RTLD_GLOBAL) for every call."""
+    global _lib
+    lib.TVMFFIFunctionGetGlobal.argtypes = [ctypes.POINTER(_ByteArray),
+                                            ctypes.POINTER(ctypes.c_void_p)]
+    lib.TVMFFIFunctionCall.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Any), ctypes.c_int32,
+                                       ctypes.POINTER(_Any)]
+    lib.TVMFFIObjectDecRef.argtypes = [ctypes.c_void_p]
+    lib.TVMFFIErrorMoveFromRaised.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.TVMFFIErrorMoveFromRaised.restype = None
+    lib.TVMFFITensorFromDLPack.argtypes = [ctypes.POINTER(_DLManagedTensor), ctypes.c_int32,
+                                           ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
+    _lib = lib
+
+
+def _raise_last_error(what: str):
+    handle = ctypes.c_void_p()
+    _lib.TVMFFIErrorMoveFromRaised(ctypes.byref(handle))
+    if not handle.value:
+        raise RuntimeError(f"{what} failed")
+    cell = _ByteArray * 2  # kind, message: the first fields after the object header
+    kind, message = cell.from_address(handle.value + _OBJECT_HEADER)
+    text = [ctypes.string_at(b.data, b.size).decode(errors="replace") for b in (kind, message)]
+    _lib.TVMFFIObjectDecRef(handle)
+    raise RuntimeError(f"{what}: {text[0]}: {text[1]}")
+
+
+class Object:
+    """One reference to a TVM-FFI object, released with this wrapper."""
+
+    __slots__ = ("handle", "type_index", "__weakref__")
+
+    def __init__(self, handle: int, type_index: int):
+        self.handle, self.type_index = handle, type_index
+
+    def __del__(self):
+        if _lib is not None and self.handle:
+            _lib.TVMFFIObjectDecRef(self.handle)
+            self.handle = None
+
+
+class Function(Object):
+    """A TVM-FFI function: call it with ints, floats, strs, bools and objects."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, handle: int, type_index: int, name: str = "function"):
+        super().__init__(handle, type_index)
+        self.name = name
+
+    def __call__(self, *args) -> Any:
+        return self.bind(*args)()
+
+    def bind(self, *args) -> "Callable[[], Any]":
+        """This function with ``args`` packed once: for calls repeated with the same
+        arguments (a model's input tensors and weights), each call then costs one
+        C call. The returned callable keeps ``args`` alive."""
+        packed, keep = self._pack(args)
+        call, handle, n, name = _lib.TVMFFIFunctionCall, self.handle, len(args), self.name
+
+        def bound():
+            result = _Any()
+            if call(handle, packed, n, ctypes.byref(result)):
+                _raise_last_error(name)
+            return _from_any(result)
+
+        bound.keep = (self, keep)
+        return bound
+
+    def _pack(self, args):
+        packed = (_Any * max(1, len(args)))()
+        keep = list(args)
+        for slot, arg in zip(packed, args):
+            if isinstance(arg, Object):
+                slot.type_index, slot.value = arg.type_index, arg.handle
+            elif isinstance(arg, bool):
+                slot.type_index, slot.value = _BOOL, int(arg)
+            elif isinstance(arg, int):
+                slot.type_index = _INT
+                slot.value = arg & 0xFFFFFFFFFFFFFFFF
+            elif isinstance(arg, float):
+                slot.type_index = _FLOAT
+                slot.value = ctypes.c_uint64.from_buffer(ctypes.c_double(arg)).value
+            elif isinstance(arg, str):
+                raw = ctypes.c_char_p(arg.encode())
+                keep.append(raw)
+                slot.type_index = _RAW_STR
+                slot.value = ctypes.cast(raw, ctypes.c_void_p).value
+            else:
+                raise TypeError(f"cannot pass {type(arg).__name__} to {self.name}")
+        return packed, keep
+
+
+def _from_any(value: _Any) -> Any:
+    t = value.type_index
+    if t == _NONE:
+        return None
+    if t == _INT:
+        return ctypes.c_int64(value.value).value
+    if t == _BOOL:
+        return bool(value.value)
+    if t == _FLOAT:
+        return ctypes.c_double.from_buffer(ctypes.c_uint64(value.value)).value
+    if t == _SMALL_STR:
+        return bytes(ctypes.c_uint64(value.value))[:value.small_len].decode()
+    if t >= _OBJECT_BEGIN:
+        if t == _STR:
+            text = _ByteArray.from_address(value.value + _OBJECT_HEADER)
+            s = ctypes.string_at(text.data, text.size).decode()
+            _lib.TVMFFIObjectDecRef(value.value)
+            return s
+        return (Function if t == _FUNCTION else Object)(value.value, t)
+    raise TypeError(f"unexpected TVM-FFI value of type index {t}")
+
+
+def get_global(name: str) -> Function:
+    encoded = name.encode()
+    array = _ByteArray(ctypes.cast(ctypes.c_char_p(encoded), ctypes.c_void_p), len(encoded))
+    handle = ctypes.c_void_p()
+    if _lib.TVMFFIFunctionGetGlobal(ctypes.byref(array), ctypes.byref(handle)):
+        _raise_last_error(f"looking up {name}")
+    if not handle.value:
+        raise RuntimeError(f"TVM has no global function {name}")
+    return Function(handle.value, _FUNCTION, name)
+
+
+def module_function(module: Object, name: str) -> Function:
+    f = get_global("ffi.ModuleGetFunction")(module, name, True)
+    if not isinstance(f, Function):
+        raise RuntimeError(f"the module has no function {name}")
+    f.name = name
+    return f
+
+
+def tensor_from_array(array: np.ndarray) -> tuple[Object, Any]:
+    """A TVM tensor viewing ``array`` (C-contiguous, aligned; must outlive the tensor).
+
+    Returns (tensor, what keeps its description alive: hold on to it as long).
+    """
+    shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+    dtype = _DLDataType(_DL_CODES[array.dtype.kind], array.dtype.itemsize * 8, 1)
+    managed = _DLManagedTensor(
+        _DLTensor(array.ctypes.data, _DLDevice(1, 0), array.ndim, dtype, shape, None, 0),
+        None, _keep)
+    handle = ctypes.c_void_p()
+    if _lib.TVMFFITensorFromDLPack(ctypes.byref(managed), 64, 1, ctypes.byref(handle)):
+        _raise_last_error("wrapping an input buffer")
+    return Object(handle.value, TENSOR), (managed, shape, array)
+
+
+def tensor_to_array(tensor: Object) -> np.ndarray:
+    """A copy of a (compact, CPU) TVM tensor's contents, owned by the caller."""
+    dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
+    shape = tuple(dl.shape[k] for k in range(dl.ndim))
+    code, bits = dl.dtype.code, dl.dtype.bits
+    out = np.empty(shape, np.bool_ if code == 6 else f"{_NP_KINDS[code]}{bits}")
+    ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
+    return out
+
+
+def array_items(array: Object) -> list:
+    size = get_global("ffi.ArraySize")(array)
+    item = get_global("ffi.ArrayGetItem")
+    return [item(array, k) for k in range(size)]

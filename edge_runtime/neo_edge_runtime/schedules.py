@@ -1,0 +1,177 @@
+"""Register-tiled CPU schedules for channels-last convolutions (build machine only).
+
+MetaSchedule's generic search space needs thousands of trials per network before its
+convolutions come near a hand-written kernel library. A convolution in NHWC layout has
+one good shape on a CPU, the one NeoCPU (the paper behind SageMaker Neo's CPU backend)
+and oneDNN use: a tile of ``x_block`` output columns by ``f_block`` output channels held
+in vector registers, the reduction over (kh, kw, input channel) around it, one input
+value broadcast against ``f_block / lanes`` weight vectors per step, the weights packed
+in the order the loop reads them, and the bias/activation/residual epilogue applied to
+the tile while it is still in registers. Only the tile sizes, the handling of padding and
+the loop order around the tile depend on the layer, so a dozen measured candidates per
+convolution find a schedule, where the generic search needs hundreds.
+
+:func:`candidates` lists the configurations worth measuring for a kernel (none when the
+kernel is not a float convolution this schedule fits); :func:`apply` schedules it. The
+compiler measures the candidates and stores the fastest as an ordinary MetaSchedule tuning
+record, so compiling applies it like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+#: Vector registers a tile may keep busy as accumulators: the rest hold the broadcast
+#: input and the weight vectors.
+_SPARE_REGISTERS = 4
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """One schedule of a convolution kernel."""
+
+    x_block: int        #: output columns per register tile
+    f_block: int        #: output channels per register tile (a multiple of ``lanes``)
+    lanes: int          #: vector width, in elements
+    pad: str            #: "inline" (padding tested in the loop) or "separate" (padded copy first)
+    channels_outer: bool = False  #: output-channel blocks outermost (weights stay in cache)
+
+    def __str__(self) -> str:
+        order = "f-outer" if self.channels_outer else "x-outer"
+        return f"tile {self.x_block}x{self.f_block} ({self.lanes} lanes), pad {self.pad}, {order}"
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """What the schedule needs to know of a convolution kernel."""
+
+    block: str
+    out_width: int
+    out_channels: int
+    reduction: tuple[int, int, int]   #: (kh, kw, input channels per group)
+    padded: bool
+
+
+def conv_shape(func) -> Optional[ConvShape]:
+    """The float32 NHWC convolution ``func`` computes, or None when it is something else."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    convs = [b for b in blocks if b.name_hint.endswith("conv2d_nhwc")]
+    if len(convs) != 1:
+        return None
+    conv = convs[0]
+    kinds = [int(iv.iter_type) for iv in conv.iter_vars]
+    if kinds != [0, 0, 0, 0, 2, 2, 2] or conv.writes[0].source.dtype != "float32":
+        return None
+    ext = [int(iv.dom.extent) for iv in conv.iter_vars]
+    if ext[0] != 1:
+        return None
+    padded = any(b.name_hint.startswith("pad") and "if_then_else" in str(b.body) for b in blocks)
+    return ConvShape(conv.name_hint, ext[2], ext[3], (ext[4], ext[5], ext[6]), padded)
+
+
+def _divisors(n: int, lo: int, hi: int) -> list[int]:
+    return [d for d in range(lo, min(n, hi) + 1) if n % d == 0]
+
+
+def candidates(func, lanes: int, registers: int, limit: int = 12) -> list[ConvConfig]:
+    """Configurations worth measuring for ``func``, the most promising first.
+
+    ``lanes``: float32 elements per vector register; ``registers``: vector registers.
+    """
+    shape = conv_shape(func)
+    if shape is None:
+        return []
+    width = lanes if shape.out_channels % lanes == 0 else lanes // 2
+    if width < 2 or shape.out_channels % width:
+        return []
+    budget = registers - _SPARE_REGISTERS
+    depthwise = shape.reduction[2] == 1
+    f_blocks = [f for f in _divisors(shape.out_channels, width, 4 * lanes) if f % width == 0]
+    # Column blocks that divide the width, and small ones that leave a (predicated) tail
+    # for widths with no useful divisor (13, 55, 111...).
+    x_blocks = sorted(set(_divisors(shape.out_width, 2, 16)) |
+                      {x for x in range(3, 9) if x < shape.out_width}) or [1]
+    pads = ["separate", "inline"] if shape.padded else ["inline"]
+    found = []
+    for pad in pads:
+        for f in f_blocks:
+            for x in x_blocks:
+                acc = x * f // width
+                if acc > budget:
+                    continue
+                tail = (-shape.out_width % x) / shape.out_width  # wasted fraction
+                # Favour tiles that fill the registers and broadcast each input to 2+ vectors
+                # (for depthwise kernels every load is a vector: the tile width matters less).
+                score = acc + (0 if depthwise else 4 * min(f // width, 3)) - 40 * tail
+                found.append((-score, pads.index(pad), x, f, ConvConfig(x, f, width, pad)))
+    found.sort(key=lambda c: c[:4])
+    configs = [c[-1] for c in found]
+    weights = shape.reduction[0] * shape.reduction[1] * shape.reduction[2] * shape.out_channels
+    if weights * 4 > 256 * 1024:
+        # Weights that outgrow L2: channel blocks outermost read each weight once.
+        outer = [ConvConfig(c.x_block, c.f_block, c.lanes, c.pad, True) for c in configs]
+        configs = [c for pair in zip(outer, configs) for c in pair]
+    return configs[:limit]
+
+
+def apply(sch, config: ConvConfig) -> None:
+    """Schedule the convolution kernel in ``sch`` (see the module docstring)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    at = next(i for i, n in enumerate(names) if n.endswith("conv2d_nhwc"))
+    conv, before, after = blocks[at], blocks[:at], blocks[at + 1:]
+    for b in after[:-1]:
+        sch.compute_inline(b)
+    out = after[-1] if after else sch.cache_write(conv, 0, "global")
+
+    n, y, x, f, ry, rx, rc = sch.get_loops(conv)
+    xo, xi = sch.split(x, [None, config.x_block])
+    fo, fi = sch.split(f, [None, config.f_block])
+    fu, fv = sch.split(fi, [None, config.lanes])
+    if config.channels_outer:
+        sch.reorder(fo, n, y, xo, ry, rx, rc, xi, fu, fv)
+        tile = sch.fuse(fo, n, y, xo)
+    else:
+        sch.reorder(n, y, xo, fo, ry, rx, rc, xi, fu, fv)
+        tile = sch.fuse(n, y, xo, fo)
+    sch.parallel(tile)
+    sch.unroll(xi)
+    sch.unroll(fu)
+    sch.vectorize(fv)
+
+    for b in before:
+        if config.pad == "inline":
+            sch.compute_inline(b)
+            continue
+        loops = sch.get_loops(b)
+        sch.parallel(sch.fuse(*loops[:2]))
+        channels = int(sch.get(loops[-1]).extent)
+        step = next((v for v in (config.lanes, config.lanes // 2, 1) if channels % v == 0))
+        if step > 1:
+            sch.vectorize(sch.split(loops[-1], [None, step])[1])
+
+    sch.reverse_compute_at(out, tile)
+    inner = sch.get_loops(out)[-1]
+    sch.vectorize(sch.split(inner, [None, config.lanes])[1])
+    sch.decompose_reduction(conv, ry)
+    # Pack the weights in the order the tile reads them (done once, at compile time).
+    sch.enter_postproc()
+    ms.postproc.RewriteLayout().apply(sch)
+
+
+def vector_config(target) -> tuple[int, int]:
+    """(float32 lanes, vector registers) of an LLVM CPU target."""
+    from tvm.target import codegen
+
+    bits = int(codegen.llvm_get_vector_width(target))
+    lanes = max(4, bits // 32)
+    triple = str(target.attrs.get("mtriple", ""))
+    x86 = triple.startswith(("x86_64", "i686", "i386")) or not triple
+    registers = 32 if (lanes >= 16 or not x86) else 16
+    return lanes, registers

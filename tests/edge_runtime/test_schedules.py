@@ -1,0 +1,138 @@
+"""The register-tiled convolution schedules: which kernels they take, and that every
+candidate computes what the kernel computed before scheduling."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from neo_edge_runtime import EdgeModel, compile_model, compiler, schedules, zoo
+from neo_edge_runtime.targets import resolve
+
+tvm = pytest.importorskip("tvm")
+
+
+def conv_model():
+    """A padded strided conv (32 channels: 16-lane vectors), a depthwise conv, a 1x1 conv
+    to 24 channels (8-lane vectors) with no epilogue at all, and one to 136 channels
+    (padded to 144 for 16-lane vectors, sliced back in its epilogue)."""
+    g = zoo.GraphBuilder("convs", seed=4)
+    x = g.relu6(g.bn(g.conv("input", 3, 32, 3, stride=2), 32))
+    x = g.relu(g.conv(x, 32, 32, 3, groups=32))
+    x = g.conv(x, 32, 24, 1, bias=False)
+    return g.model([1, 3, 16, 16], g.relu(g.conv(x, 24, 136, 1)), [1, 136, 8, 8])
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("convs") / "convs.onnx"
+    onnx.save(conv_model(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tasks(conv_onnx):
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    mod, _, _ = compiler._import(conv_onnx, "ONNX", None, None)
+    mod, params = relax.frontend.detach_params(mod)
+    target = tvm.target.Target({**compiler._tvm_target(resolve("host")), "num-cores": 2})
+    mod, _ = compiler._tuning_module(mod, list(params["main"]), target)
+    return target, ms.relax_integration.extract_tasks(mod, target)
+
+
+def conv_tasks(tasks):
+    target, found = tasks
+    return target, [t for t in found if schedules.conv_shape(t.dispatched[0]["main"])]
+
+
+def test_finds_each_convolution_and_nothing_else(tasks):
+    target, found = tasks
+    shapes = {t.task_name: schedules.conv_shape(t.dispatched[0]["main"]) for t in found}
+    convs = sorted((s.reduction, s.out_channels, s.padded) for s in shapes.values() if s)
+    assert convs == [((1, 1, 24), 144, False), ((1, 1, 32), 24, False), ((3, 3, 1), 32, True),
+                     ((3, 3, 3), 32, True)]
+    lanes, registers = schedules.vector_config(target)
+    for t in found:
+        if not shapes[t.task_name]:
+            assert schedules.candidates(t.dispatched[0]["main"], lanes, registers) == []
+
+
+def test_candidates_fit_the_registers_and_the_channels(tasks):
+    target, found = conv_tasks(tasks)
+    lanes, registers = schedules.vector_config(target)
+    for t in found:
+        shape = schedules.conv_shape(t.dispatched[0]["main"])
+        configs = schedules.candidates(t.dispatched[0]["main"], lanes, registers, limit=12)
+        assert 0 < len(configs) <= 12 and len(set(configs)) == len(configs)
+        for c in configs:
+            assert shape.out_channels % c.f_block == 0 and c.f_block % c.lanes == 0
+            # column blocks divide the width, or are small and leave a tail
+            assert shape.out_width % c.x_block == 0 or c.x_block < min(9, shape.out_width)
+            assert c.x_block * c.f_block // c.lanes <= registers - 4
+        assert {c.pad for c in configs} == ({"inline", "separate"} if shape.padded
+                                            else {"inline"})
+
+
+def _run(mod, target, args):
+    lib = tvm.tirx.build(mod, target=target)
+    out = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*out)
+    return out[-1].numpy()
+
+
+def test_every_candidate_computes_the_same_as_the_unscheduled_kernel(tasks):
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    target, found = conv_tasks(tasks)
+    lanes, registers = schedules.vector_config(target)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for t in found:
+        mod = t.dispatched[0]
+        args = [np.asarray(rng.standard_normal([int(d) for d in a.shape]), dtype=a.dtype)
+                for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+        expected = _run(mod, target, args)
+        for config in schedules.candidates(mod["main"], lanes, registers, limit=12):
+            sch = s_tir.Schedule(mod)
+            schedules.apply(sch, config)
+            np.testing.assert_allclose(_run(sch.mod, target, args), expected,
+                                       rtol=1e-5, atol=1e-5, err_msg=str(config))
+            checked += 1
+    assert checked >= 4 * 2
+
+
+@pytest.mark.slow
+def test_tuning_measures_each_template_once_and_matches_onnxruntime(conv_onnx, tmp_path,
+                                                                    monkeypatch, rng):
+    monkeypatch.setattr(compiler, "CONV_CANDIDATES", 2)
+    db = tmp_path / "tuning"
+    logs = []
+    art = compile_model(conv_onnx, "host", tmp_path / "a1", tune_trials=4, tuning_db=db,
+                        log=logs.append)
+    searched = compiler.read_tuning_marker(db)["convolutions"]
+    assert len(searched) == 4
+    for s in searched.values():
+        assert s["ms"] > 0 and s["schedule"] in s["measured"] and len(s["measured"]) == 2
+    assert sum("tile " in m for m in logs) == 4
+    records = (db / "database_tuning_record.json").read_text().count("\n")
+    assert records >= 4 * 2  # every measured candidate is recorded
+
+    # More trials later, with a third candidate per kernel: MetaSchedule continues, and of
+    # the templates only the new candidates are measured.
+    monkeypatch.setattr(compiler, "CONV_CANDIDATES", 3)
+    compile_model(conv_onnx, "host", tmp_path / "a2", tune_trials=8, tuning_db=db)
+    again = compiler.read_tuning_marker(db)["convolutions"]
+    assert again.keys() == searched.keys()
+    for key, s in again.items():
+        assert set(searched[key]["measured"]) < set(s["measured"]) and len(s["measured"]) == 3
+        assert s["ms"] <= searched[key]["ms"]
+    assert list(compiler.read_tuning_marker(db)["trials"].values()) == [8]
+
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    expected = ort.InferenceSession(str(conv_onnx)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(EdgeModel.load(art).predict(x)["output"], expected, atol=1e-4)
