@@ -222,6 +222,13 @@ def tensor_to_array(tensor: Object) -> np.ndarray:
     return out
 
 
+def copy_into(tensor: Object, out: np.ndarray) -> None:
+    """Copy a (compact, CPU) TVM tensor into ``out``, which the caller has sized from the
+    tensor's known shape and dtype (:func:`tensor_to_array` reads them, at a cost)."""
+    dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
+    ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
+
+
 def array_items(array: Object) -> list:
     size = get_global("ffi.ArraySize")(array)
     item = get_global("ffi.ArrayGetItem")

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="model name in the manifest (default: file name)")
     c.add_argument("--version", default="1.0.0", help="model version (default: 1.0.0)")
     c.add_argument("--tune-trials", type=int, default=0, metavar="N",
-                   help="MetaSchedule tuning trials for CPU targets (default: 0, untuned)")
+                   help="tune for this machine: template schedules for the convolutions and N "
+                        "MetaSchedule trials for the other kernels (default: 0, untuned)")
     c.add_argument("--tuning-db", metavar="DIR",
                    help="tuning database folder, reused by later compiles of the same model")
     c.add_argument("--metadata", metavar="JSON_FILE",

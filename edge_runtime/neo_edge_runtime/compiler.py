@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -184,10 +185,12 @@ def _output_specs(mod, names: list[str]) -> list[dict]:
 
 
 class _TuningProgress:
-    """A tqdm bar fed by the tuning database growing on disk (MetaSchedule runs in C++)."""
+    """A tqdm counter of the candidate schedules measured, fed by the tuning database
+    growing on disk (MetaSchedule runs in C++). No total: the convolutions' template
+    candidates come on top of the MetaSchedule trials asked for."""
 
-    def __init__(self, db: Path, total: int, enabled: bool):
-        self.db, self.total, self.enabled = db, total, enabled
+    def __init__(self, db: Path, enabled: bool):
+        self.db, self.enabled = db, enabled
         self._stop = threading.Event()
 
     def _count(self) -> int:
@@ -204,21 +207,21 @@ class _TuningProgress:
         from tqdm import tqdm
 
         self._start = self._count()
-        self._bar = tqdm(total=self.total, desc="tuning", unit="trial")
+        self._bar = tqdm(desc="tuning: schedules measured", unit="schedule")
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self):
         while not self._stop.wait(1.0):
-            self._bar.n = min(self.total, self._count() - self._start)
+            self._bar.n = self._count() - self._start
             self._bar.refresh()
 
     def __exit__(self, *exc):
         if self.enabled:
             self._stop.set()
             self._thread.join()
-            self._bar.n = min(self.total, self._count() - self._start)
+            self._bar.n = self._count() - self._start
             self._bar.close()
 
 
@@ -381,6 +384,25 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
     return rest
 
 
+@contextlib.contextmanager
+def _unnamed_log_handlers_detached(name: str):
+    """Detach the handlers without a name from logger ``name`` for the duration.
+
+    MetaSchedule rebuilds its logging configuration from the names of its logger's
+    handlers and fails on one without a name (any the application, or pytest's log
+    capture, attached).
+    """
+    logger = logging.getLogger(name)
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
+
+
 def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int, searched: dict,
                 log: Callable[[str], None] = lambda msg: None) -> None:
     """Tune ``mod``'s kernels into the database in ``db``.
@@ -402,9 +424,10 @@ def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int, searched: dic
         return
 
     def tune(selected, budget, per_task, per_iter):
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            selected, str(db), strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=256, genetic_num_iters=2), seed=done)
+        with _unnamed_log_handlers_detached("tvm.s_tir.meta_schedule"):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                selected, str(db), strategy=ms.search_strategy.EvolutionarySearch(
+                    population_size=256, genetic_num_iters=2), seed=done)
         builder, runner = _measurers()
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db),
                            max_trials_global=budget, max_trials_per_task=per_task,
@@ -610,7 +633,7 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     trials = max(0, tune_trials - done.get(key, 0))
     if done.get(key) and not trials:
         log(f"reusing {done[key]} tuning trials from {db}")
-    with _TuningProgress(db, trials, progress and trials > 0), _measuring_threads(cores):
+    with _TuningProgress(db, progress and trials > 0), _measuring_threads(cores):
         mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
                                   done.get(key, 0), searched, log)
     if trials:
@@ -680,8 +703,10 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
     name, version:
         Model name (default: the file's stem) and version recorded in the manifest.
     tune_trials:
-        MetaSchedule trials (CPU targets). 0 compiles untuned, unless ``tuning_db``
-        holds records, which are then applied.
+        Tuning for CPU targets of this machine's architecture: more than 0 measures
+        each convolution's template schedules (about 12 each, see :mod:`.schedules`) and
+        gives the other kernels this many MetaSchedule trials in all. 0 compiles
+        untuned, unless ``tuning_db`` holds records, which are then applied.
     tuning_db:
         A folder for the tuning database; later compiles of the same model and
         target reuse it instead of tuning again.
