@@ -388,6 +388,7 @@ def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # 
     """GPU artifacts go through TVM's Python runtime (still the runtime library only):
     inputs are copied to the GPU and outputs back for each call."""
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    _import_tvm_ffi()
     import tvm
 
     dev = tvm.cuda()
