@@ -281,7 +281,10 @@ def _precompute_transform(mod, params: list, tvm_target):
     tmod = tvm.IRModule({"main": tmod[name].with_attr("global_symbol", "main"),
                          **{gv: f for gv, f in tmod.functions.items()
                             if gv.name_hint not in (name, "main")}})
-    vm = relax.VirtualMachine(tvm.compile(tmod, target=tvm_target), tvm.cpu())
+    # Run here, on this machine, whatever the target: the transform only moves and folds
+    # weights, and the device receives its results.
+    host = tvm.target.Target(_tvm_target(resolve("host")))
+    vm = relax.VirtualMachine(tvm.compile(tmod, target=host), tvm.cpu())
     with _zeroed_allocations():
         out = vm["main"]([tvm.runtime.tensor(p) if not isinstance(p, tvm.runtime.Tensor)
                           else p for p in params])
@@ -585,26 +588,63 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
 
     Returns (module to build, weights ``main`` takes).
     """
+    mod, params = _tuning_module(mod, params, tvm_target)
+    if trials:
+        with tvm_target:
+            _run_tuning(mod, tvm_target, db, trials, done, searched, log)
+    from tvm.s_tir import meta_schedule as ms
+
+    return _apply_database(mod, params, tvm_target, ms.database.JSONDatabase(work_dir=str(db)))
+
+
+def _apply_database(mod, params: list, tvm_target, database):
+    """The kernels of :func:`_tuning_module`'s ``mod`` scheduled by the records in
+    ``database``, weight layout rewrites computed here. Returns (module to build, weights)."""
     import tvm
     from tvm.relax import transform as T
 
-    mod, params = _tuning_module(mod, params, tvm_target)
-    with tvm_target:
-        if trials:
-            _run_tuning(mod, tvm_target, db, trials, done, searched, log)
+    with tvm_target, database:
         mod = tvm.transform.Sequential([
-            T.MetaScheduleApplyDatabase(str(db)), T.SplitLayoutRewritePreproc(),
+            T.MetaScheduleApplyDatabase(), T.SplitLayoutRewritePreproc(),
             T.LiftTransformParams(), T.FoldConstant()])(mod)
-        return _precompute_transform(mod, params, tvm_target)
+    return _precompute_transform(mod, params, tvm_target)
+
+
+def _untuned(mod, params: list, tvm_target):
+    """An untuned CPU build: each convolution gets its most promising template schedule
+    (:func:`.schedules.candidates`, first), unmeasured, so a model compiled for a device
+    nobody tuned on (a cross compile) still runs register-tiled, vectorized convolutions;
+    the other kernels keep TVM's default schedules. Returns (module to build, weights)."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import schedules
+
+    mod, params = _tuning_module(mod, params, tvm_target)
+    lanes, registers = schedules.vector_config(tvm_target)
+    with tempfile.TemporaryDirectory(prefix="neo-edge-schedules-") as tmp:
+        database = ms.database.JSONDatabase(work_dir=tmp)
+        for task in ms.relax_integration.extract_tasks(mod, tvm_target):
+            kernel = task.dispatched[0]
+            configs = schedules.candidates(kernel["main"], lanes, registers, limit=1)
+            if not configs:
+                continue
+            sch = s_tir.Schedule(kernel)
+            schedules.apply(sch, configs[0])
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(kernel), [0.0], tvm_target,
+                ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+        return _apply_database(mod, params, tvm_target, database)
 
 
 def _build(mod, param_values: list, target: Target, target_spec: dict, tune_trials: int,
            tuning_db: Optional[Path], progress: bool, log: Callable[[str], None]):
     """Compile ``mod`` (weights as trailing inputs of ``main``).
 
-    Tuned CPU builds keep the weights apart, prepacked on this machine into the layout
-    the tuned kernels read (see :func:`_tune`). Untuned builds bind the weights as
-    constants.
+    CPU builds keep the weights apart, prepacked on this machine into the layout their
+    kernels read: tuned ones (:func:`_tune`) with the measured schedules, untuned ones
+    (:func:`_untuned`) with each convolution's most promising template. GPU builds bind
+    the weights as constants and use dlight's default schedules.
 
     Returns (executable, weights to ship or None, tuning info for the manifest).
     """
@@ -612,11 +652,14 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     from tvm import relax
 
     tvm_target = tvm.target.Target(target_spec)
-    if target.device != "cpu" or (tune_trials == 0 and tuning_db is None):
+    if target.device != "cpu":
         n_inputs = len(mod["main"].params) - len(param_values)
         binding = dict(zip(mod["main"].params[n_inputs:], param_values))
         mod = relax.transform.BindParams("main", binding)(mod)
         return tvm.compile(mod, target=tvm_target), None, {"trials": 0}
+    if tune_trials == 0 and tuning_db is None:
+        mod, param_values = _untuned(mod, param_values, tvm_target)
+        return tvm.compile(mod, target=tvm_target), param_values, {"trials": 0}
 
     import psutil
 
@@ -706,7 +749,8 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
         Tuning for CPU targets of this machine's architecture: more than 0 measures
         each convolution's template schedules (about 12 each, see :mod:`.schedules`) and
         gives the other kernels this many MetaSchedule trials in all. 0 compiles
-        untuned, unless ``tuning_db`` holds records, which are then applied.
+        untuned (each convolution gets its most promising template, unmeasured), unless
+        ``tuning_db`` holds records, which are then applied.
     tuning_db:
         A folder for the tuning database; later compiles of the same model and
         target reuse it instead of tuning again.

@@ -172,6 +172,6 @@ def vector_config(target) -> tuple[int, int]:
     bits = int(codegen.llvm_get_vector_width(target))
     lanes = max(4, bits // 32)
     triple = str(target.attrs.get("mtriple", ""))
-    x86 = triple.startswith(("x86_64", "i686", "i386")) or not triple
-    registers = 32 if (lanes >= 16 or not x86) else 16
+    # AVX-512 and AArch64 have 32 vector registers; AVX2 and 32-bit ARM NEON 16.
+    registers = 32 if lanes >= 16 or triple.startswith("aarch64") else 16
     return lanes, registers

@@ -58,9 +58,28 @@ def test_manifest_records_what_was_compiled(host_artifact, ops_onnx):
     assert m["outputs"] == [{"name": "output", "shape": [1, 10], "dtype": "float32"}]
     import hashlib
     assert m["source_sha256"] == hashlib.sha256(ops_onnx.read_bytes()).hexdigest()
-    assert set(m["files"]) == {"model.so"}
+    assert set(m["files"]) == {"model.so", "params.bin"} and m["params"] == "params.bin"
+    assert m["compile_options"] == {"tune_trials": 0, "weight_prepack": True,
+                                    "input_shapes": {"input": [1, 3, 16, 16]}}
     assert m["tvm_version"] == "0.27.0.post1"
     assert m["metadata"]["labels"][3] == "3"
+
+
+@pytest.mark.parametrize("target", ["host", "rasp4b"])
+def test_untuned_builds_give_convolutions_their_template_schedule(ops_onnx, tmp_path, target):
+    """No tuning (a cross compile cannot measure): each convolution still gets the first
+    template candidate, whose weights ship packed in the tile's read order, output
+    channels innermost, instead of channels-last OHWI (output channels first)."""
+    import tvm
+
+    out = compile_model(ops_onnx, target, tmp_path / target)
+    params = tvm.runtime.load_param_dict_from_file(str(out / "params.bin"))
+    shapes = [tuple(p.shape) for p in params.values()]
+    ohwi = {(8, 3, 3, 3), (8, 3, 3, 1), (8, 1, 1, 8)}  # the ops model's 3 convolutions
+    assert not ohwi & set(shapes), shapes
+    # the weights (not the 8 shifts of each) in tiles of 4 or 8 lanes
+    packed = [s for s in shapes if s[-1] in (4, 8) and int(np.prod(s)) >= 64]
+    assert len(packed) == 3, shapes
 
 
 @pytest.mark.parametrize("target,machine", [("rasp4b", "EM_AARCH64"), ("rasp3b", "EM_ARM"),
