@@ -25,6 +25,10 @@ from typing import Optional
 #: Vector registers a tile may keep busy as accumulators: the rest hold the broadcast
 #: input and the weight vectors.
 _SPARE_REGISTERS = 4
+#: TensorIR iteration kinds (tirx.IterVar): spatial and reduction.
+_SPATIAL, _REDUCE = 0, 2
+#: A convolution block iterates (n, y, x, f) and reduces (kh, kw, ci).
+_CONV_ITERS = [_SPATIAL] * 4 + [_REDUCE] * 3
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def conv_shape(func) -> Optional[ConvShape]:
         return None
     conv = convs[0]
     kinds = [int(iv.iter_type) for iv in conv.iter_vars]
-    if kinds != [0, 0, 0, 0, 2, 2, 2] or conv.writes[0].source.dtype != "float32":
+    if kinds != _CONV_ITERS or conv.writes[0].source.dtype != "float32":
         return None
     ext = [int(iv.dom.extent) for iv in conv.iter_vars]
     if ext[0] != 1:
