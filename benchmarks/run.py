@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from neo_edge_runtime.runtime import physical_cores  # the runtime's default pool size
 
 from . import report
 
@@ -282,14 +283,6 @@ def _cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     dt = Path("/proc/device-tree/model")
     return dt.read_text().strip("\x00\n") if dt.exists() else platform.processor() or "unknown"
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
 
 
 def machine_info() -> dict:

@@ -10,6 +10,7 @@ below are those of ``tvm/ffi/c_api.h`` (TVM-FFI's ABI, stable across its release
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -177,7 +178,10 @@ def _from_any(value: _Any) -> Any:
     raise TypeError(f"unexpected TVM-FFI value of type index {t}")
 
 
+@functools.lru_cache(maxsize=None)
 def get_global(name: str) -> Function:
+    """The global function ``name`` (looked up once: global functions live as long as
+    the process)."""
     encoded = name.encode()
     array = _ByteArray(ctypes.cast(ctypes.c_char_p(encoded), ctypes.c_void_p), len(encoded))
     handle = ctypes.c_void_p()
@@ -212,19 +216,17 @@ def tensor_from_array(array: np.ndarray) -> tuple[Object, Any]:
     return Object(handle.value, TENSOR), (managed, shape, array)
 
 
-def tensor_to_array(tensor: Object) -> np.ndarray:
-    """A copy of a (compact, CPU) TVM tensor's contents, owned by the caller."""
+def tensor_spec(tensor: Object) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a TVM tensor."""
     dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
-    shape = tuple(dl.shape[k] for k in range(dl.ndim))
     code, bits = dl.dtype.code, dl.dtype.bits
-    out = np.empty(shape, np.bool_ if code == 6 else f"{_NP_KINDS[code]}{bits}")
-    ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
-    return out
+    return (tuple(dl.shape[k] for k in range(dl.ndim)),
+            np.dtype(np.bool_ if code == 6 else f"{_NP_KINDS[code]}{bits}"))
 
 
 def copy_into(tensor: Object, out: np.ndarray) -> None:
     """Copy a (compact, CPU) TVM tensor into ``out``, which the caller has sized from the
-    tensor's known shape and dtype (:func:`tensor_to_array` reads them, at a cost)."""
+    tensor's shape and dtype (:func:`tensor_spec`, known ahead for a model's outputs)."""
     dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
     ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
 

@@ -322,6 +322,19 @@ def _measurers():
             ms.runner.LocalRunner(timeout_sec=120))
 
 
+def _scheduled(kernel, config):
+    """``kernel`` (a task's IRModule) with the template schedule ``config``, and the
+    arguments it takes as built: weights already in the layout the tile reads."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import schedules
+
+    sch = s_tir.Schedule(kernel)
+    schedules.apply(sch, config)
+    return sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+
+
 def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
                        log: Callable[[str], None]) -> list:
     """Measure the template schedules of every convolution kernel in ``tasks``, commit them
@@ -329,14 +342,13 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
     was measured before: only new candidates are). Returns the tasks the templates do not
     cover."""
     import tvm_ffi
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
 
     lanes, registers = schedules.vector_config(tvm_target)
     database = ms.database.JSONDatabase(work_dir=str(db))
-    builder, runner = _measurers()
+    measurers = None  # started only if some candidate is new
     rest = []
     for task in tasks:
         mod = task.dispatched[0]
@@ -353,13 +365,9 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
                 rest.append(task)
             continue
         workload = database.commit_workload(mod)
-        scheduled = []
-        for config in configs:
-            sch = s_tir.Schedule(mod)
-            schedules.apply(sch, config)
-            # The kernel as measured reads weights already in the layout the tile wants.
-            scheduled.append((config, sch, ms.arg_info.ArgInfo.from_entry_func(
-                sch.mod, remove_preproc=True)))
+        scheduled = [(config, *_scheduled(mod, config)) for config in configs]
+        measurers = measurers or _measurers()
+        builder, runner = measurers
         built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
                                for _, sch, _ in scheduled])
         ok = [(*s, b) for s, b in zip(scheduled, built) if b.error_msg is None]
@@ -588,12 +596,12 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
 
     Returns (module to build, weights ``main`` takes).
     """
+    from tvm.s_tir import meta_schedule as ms
+
     mod, params = _tuning_module(mod, params, tvm_target)
     if trials:
         with tvm_target:
             _run_tuning(mod, tvm_target, db, trials, done, searched, log)
-    from tvm.s_tir import meta_schedule as ms
-
     return _apply_database(mod, params, tvm_target, ms.database.JSONDatabase(work_dir=str(db)))
 
 
@@ -615,7 +623,6 @@ def _untuned(mod, params: list, tvm_target):
     (:func:`.schedules.candidates`, first), unmeasured, so a model compiled for a device
     nobody tuned on (a cross compile) still runs register-tiled, vectorized convolutions;
     the other kernels keep TVM's default schedules. Returns (module to build, weights)."""
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
@@ -629,11 +636,9 @@ def _untuned(mod, params: list, tvm_target):
             configs = schedules.candidates(kernel["main"], lanes, registers, limit=1)
             if not configs:
                 continue
-            sch = s_tir.Schedule(kernel)
-            schedules.apply(sch, configs[0])
+            sch, args_info = _scheduled(kernel, configs[0])
             database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, database.commit_workload(kernel), [0.0], tvm_target,
-                ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+                sch.trace, database.commit_workload(kernel), [0.0], tvm_target, args_info))
         return _apply_database(mod, params, tvm_target, database)
 
 
@@ -661,10 +666,11 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
         mod, param_values = _untuned(mod, param_values, tvm_target)
         return tvm.compile(mod, target=tvm_target), param_values, {"trials": 0}
 
-    import psutil
+    from .runtime import physical_cores
 
-    # MetaSchedule measures candidates on this machine and sizes them for its cores.
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    # MetaSchedule measures candidates on this machine and sizes them for its cores: as
+    # many as the runtime's thread pool gets by default.
+    cores = physical_cores()
     tvm_target = tvm.target.Target({**target_spec, "num-cores": cores})
     db = Path(tuning_db) if tuning_db is not None else Path(
         tempfile.mkdtemp(prefix="neo-edge-tuning-"))
@@ -693,7 +699,8 @@ def _measuring_threads(cores: int):
     half the logical CPUs on x86 (one thread on a 2-core machine without SMT), which would
     tune for, and pick, schedules that suit one core.
     """
-    name = "TVM_NUM_THREADS"
+    from .runtime import POOL_SIZE_VARIABLE as name
+
     before = os.environ.get(name)
     os.environ[name] = str(cores)
     try:

@@ -123,12 +123,12 @@ def physical_cores() -> int:
 #: the logical CPUs on x86 (assuming 2-way SMT: one thread on a 2-core machine without
 #: it); later settings can only lower it. The runtime sets the variable to the physical
 #: cores before the pool starts, unless the caller set it.
-_POOL_SIZE_VARIABLE = "TVM_NUM_THREADS"
+POOL_SIZE_VARIABLE = "TVM_NUM_THREADS"
 _pool_started = False
 
 
 def _default_pool_size() -> None:
-    os.environ.setdefault(_POOL_SIZE_VARIABLE, str(physical_cores()))
+    os.environ.setdefault(POOL_SIZE_VARIABLE, str(physical_cores()))
 
 
 def set_num_threads(n: int) -> None:
@@ -141,13 +141,13 @@ def set_num_threads(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"num_threads must be a positive integer; got {n!r}")
     _load_runtime_library("cpu")
-    pool = int(os.environ.get(_POOL_SIZE_VARIABLE) or 0)
+    pool = int(os.environ.get(POOL_SIZE_VARIABLE) or 0)
     if n > pool:
         if _pool_started:
             raise ValueError(
                 f"num_threads={n} is more than the {pool} threads TVM's pool started with "
-                f"in this process; start the process with {_POOL_SIZE_VARIABLE}={n}")
-        os.environ[_POOL_SIZE_VARIABLE] = str(n)
+                f"in this process; start the process with {POOL_SIZE_VARIABLE}={n}")
+        os.environ[POOL_SIZE_VARIABLE] = str(n)
     # affinity mode 1 (kBig): spread over the big cores, as TVM does by default
     _ffi.get_global("runtime.config_threadpool")(1, n)
     _pool_started = True
@@ -177,8 +177,6 @@ class EdgeModel:
         self.path = path
         self.manifest = manifest
         self._vm = vm  # owns the memory main's results live in: outlives every call
-        self._main = main
-        self._params = params
         self._lock = threading.Lock()
         self._latencies: collections.deque = collections.deque(maxlen=10_000)
         self._buffers = {i["name"]: _aligned_empty(i["shape"], i["dtype"]) for i in self.inputs}
@@ -194,7 +192,8 @@ class EdgeModel:
             wrapped = [_ffi.tensor_from_array(self._buffers[i["name"]]) for i in self.inputs]
             self._tensors = [t for t, _ in wrapped]
             self._keep_alive = [k for _, k in wrapped]
-            # The same input tensors (their buffers refilled) and weights every call.
+            # The same input tensors (their buffers refilled) and weights every call; the
+            # bound call holds main and the weights.
             self._run = main.bind(*self._tensors, *params)
 
     # -- loading ---------------------------------------------------------------------
@@ -345,11 +344,11 @@ class EdgeModel:
 
     def _check_outputs(self, items: list) -> None:
         """The first call's outputs against the manifest: later calls copy by its sizes."""
-        got = [_ffi.tensor_to_array(t) for t in items]
+        got = [_ffi.tensor_spec(t) for t in items]
         expected = [(shape, dtype) for _, shape, dtype in self._out_specs]
-        if [(a.shape, a.dtype) for a in got] != expected:
+        if got != expected:
             raise ArtifactError(
-                f"model {self.name!r} returned {[(list(a.shape), str(a.dtype)) for a in got]}, "
+                f"model {self.name!r} returned {[(list(s), str(d)) for s, d in got]}, "
                 f"its manifest says {[(list(s), str(d)) for s, d in expected]}")
         self._outputs_checked = True
 
@@ -379,8 +378,6 @@ class EdgeModel:
             self._run = None
             self._tensors = []
             self._keep_alive = []
-            self._params = []
-            self._main = None
             self._vm = None
 
 
