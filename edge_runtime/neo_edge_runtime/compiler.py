@@ -335,45 +335,48 @@ def _scheduled(kernel, config):
     return sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
 
 
+def _kernel_key(kernel) -> str:
+    """How the tuning marker names a kernel (a task's IRModule)."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(kernel) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
                        log: Callable[[str], None]) -> list:
     """Measure the template schedules of every convolution kernel in ``tasks``, commit them
     to the database in ``db`` and note the fastest in ``searched`` (which also lists what
-    was measured before: only new candidates are). Returns the tasks the templates do not
-    cover."""
-    import tvm_ffi
+    was measured before: only new candidates are). All candidates are built and run as one
+    batch (each batch starts its own builder and runner processes). Returns the tasks the
+    templates do not cover."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
 
     lanes, registers = schedules.vector_config(tvm_target)
     database = ms.database.JSONDatabase(work_dir=str(db))
-    measurers = None  # started only if some candidate is new
-    rest = []
+    covered, pending = [], []  # (task, key); (key, workload, config, schedule, args)
     for task in tasks:
         mod = task.dispatched[0]
         configs = schedules.candidates(mod["main"], lanes, registers, CONV_CANDIDATES)
         if not configs:
-            rest.append(task)
             continue
-        key = f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
-        entry = searched.get(key, {"kernel": task.task_name})
-        entry.setdefault("measured", [])
-        configs = [c for c in configs if str(c) not in entry["measured"]]
-        if not configs:
-            if "ms" not in entry:
-                rest.append(task)
-            continue
-        workload = database.commit_workload(mod)
-        scheduled = [(config, *_scheduled(mod, config)) for config in configs]
-        measurers = measurers or _measurers()
-        builder, runner = measurers
+        key = _kernel_key(mod)
+        covered.append((task, key))
+        entry = searched.setdefault(key, {"kernel": task.task_name, "measured": []})
+        new = [c for c in configs if str(c) not in entry["measured"]]
+        if new and key not in {p[0] for p in pending}:
+            workload = database.commit_workload(mod)
+            pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
+            entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
+    if pending:
+        builder, runner = _measurers()
         built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
-                               for _, sch, _ in scheduled])
-        ok = [(*s, b) for s, b in zip(scheduled, built) if b.error_msg is None]
+                               for *_, sch, _ in pending])
+        ok = [(*p, b) for p, b in zip(pending, built) if b.error_msg is None]
         futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args_info)
-                              for _, _, args_info, b in ok])
-        for (config, sch, args_info, _), future in zip(ok, futures):
+                              for *_, args_info, b in ok])
+        for (key, workload, config, sch, args_info, _), future in zip(ok, futures):
             result = future.result()
             if result.error_msg is not None or not result.run_secs:
                 continue
@@ -381,17 +384,20 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
             database.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, workload, secs, tvm_target, args_info))
             t = round(sum(secs) / len(secs) * 1e3, 4)
+            entry = searched[key]
             if "ms" not in entry or t < entry["ms"]:
                 entry.update(schedule=str(config), ms=t)
         for b in built:
             if b.artifact_path:
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-        entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in configs})
-        searched[key] = entry
+    measured = {p[0] for p in pending}
+    rest = [t for t in tasks if t not in [c[0] for c in covered]]
+    for task, key in covered:
+        entry = searched[key]
         if "ms" not in entry:  # no candidate built and ran: MetaSchedule's search instead
             rest.append(task)
-            continue
-        log(f"{task.task_name}: {entry['schedule']}, {entry['ms']:.3f} ms")
+        elif key in measured:
+            log(f"{task.task_name}: {entry['schedule']}, {entry['ms']:.3f} ms")
     return rest
 
 
@@ -558,16 +564,9 @@ def _unlower_min_max(mod):
     return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
 
 
-def _tuning_module(mod, params: list, tvm_target):
-    """``mod`` as tuning sees it, with the weights ``main`` then takes.
-
-    TVM's static_shape_tuning pipeline, plus: batch norms folded into the convolutions,
-    ReLU6 visible to fusion, convolutions in channels-last layout with whole vectors of
-    output channels, and what depends on the weights alone (folded weights and shifts,
-    layout changes, padding) computed here once.
-    """
-    import tvm
-    from tvm import relax
+def _channels_last(mod, tvm_target):
+    """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion and
+    convolutions in channels-last layout with whole vectors of output channels."""
     from tvm.relax import transform as T
 
     from . import schedules
@@ -575,7 +574,25 @@ def _tuning_module(mod, params: list, tvm_target):
     with tvm_target:
         mod = _unlower_min_max(_fold_batch_norm(mod))
         mod = T.ConvertLayout(CPU_CONV_LAYOUT)(mod)
-        mod = _pad_output_channels(mod, schedules.vector_config(tvm_target)[0])
+        return _pad_output_channels(mod, schedules.vector_config(tvm_target)[0])
+
+
+def _tuning_module(mod, params: list, tvm_target, winograd_tile):
+    """``mod`` as tuning sees it, with the weights ``main`` then takes.
+
+    TVM's static_shape_tuning pipeline, plus :func:`_channels_last`, 3x3 convolutions
+    computed by Winograd's algorithm where ``winograd_tile(signature)`` (see
+    :mod:`.winograd`) says so, and what depends on the weights alone (folded weights and
+    shifts, layout changes, padding, Winograd weight transforms) computed here once.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform as T
+
+    from . import winograd
+
+    mod = winograd.rewrite(_channels_last(mod, tvm_target), winograd_tile)
+    with tvm_target:
         mod = tvm.transform.Sequential([
             T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
             T.LiftTransformParams()])(mod)
@@ -585,12 +602,81 @@ def _tuning_module(mod, params: list, tvm_target):
     return mod, params
 
 
+#: A faster Winograd tile must beat the more precise choice (direct, then F(2x2)) by this
+#: much to be used: within the measurement noise, precision wins.
+WINOGRAD_MARGIN = 0.05
+
+
+def _winograd_module(sig):
+    """One convolution of signature ``sig`` with a shift and ReLU after it, as a model:
+    (module, weights) to measure the ways of computing it on."""
+    import numpy as np
+    from tvm import relax
+
+    def tensor(name, *shape):
+        return relax.Var(name, relax.TensorType(shape, "float32"))
+
+    x = tensor("x", 1, sig.height, sig.width, sig.in_channels)
+    w = tensor("w", sig.out_channels, 3, 3, sig.in_channels)
+    b = tensor("b", sig.out_channels)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=sig.padding, data_layout="NHWC",
+                                           kernel_layout="OHWI"))
+            y = bb.emit_output(bb.emit(relax.op.nn.relu(relax.op.add(y, b))))
+        bb.emit_func_output(y)
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((sig.out_channels, 3, 3, sig.in_channels))
+               .astype("float32") * 0.1, rng.standard_normal(sig.out_channels).astype("float32")]
+    return bb.get(), weights
+
+
+def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dict,
+                           log: Callable[[str], None]) -> None:
+    """Measure each eligible 3x3 convolution shape of ``mod`` not yet in ``tiles`` three
+    ways (direct, F(2x2), F(4x4), each with its template candidates) and note the fastest
+    tile size in ``tiles`` (0: direct), keyed by the shape."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import winograd
+
+    ways = {}  # (signature, tile size) -> the kernels computing it
+    for sig in winograd.signatures(_channels_last(mod, tvm_target)):
+        if str(sig) in tiles:
+            continue
+        conv, weights = _winograd_module(sig)
+        for m in (0, *winograd.TILES):
+            kernels, _ = _tuning_module(conv, weights, tvm_target, lambda _, m=m: m)
+            ways[sig, m] = ms.relax_integration.extract_tasks(kernels, tvm_target)
+    if not ways:
+        return
+    rest = _tune_convolutions([t for tasks in ways.values() for t in tasks], tvm_target, db,
+                              searched, lambda msg: None)
+    times = {}
+    for (sig, m), tasks in ways.items():
+        measured = [searched[_kernel_key(t.dispatched[0])]["ms"] for t in tasks
+                    if t not in rest]
+        if measured:
+            times.setdefault(sig, {})[m] = min(measured)
+    for sig in dict.fromkeys(sig for sig, _ in ways):
+        best, found = 0, times.get(sig, {})
+        for m, t in found.items():
+            if t < found.get(best, float("inf")) * (1 - WINOGRAD_MARGIN):
+                best = m
+        tiles[str(sig)] = best
+        log(f"conv {sig}: " + ", ".join(f"{'direct' if m == 0 else f'F({m}x{m})'} "
+                                        f"{t:.3f} ms" for m, t in found.items())
+            + f" -> {'direct' if best == 0 else f'Winograd F({best}x{best})'}")
+
+
 def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searched: dict,
-          log: Callable[[str], None]):
+          tiles: dict, log: Callable[[str], None]):
     """Tuning with weight prepacking, sized for small build machines.
 
-    Tunes :func:`_tuning_module` (convolutions with template schedules, see
-    :func:`_run_tuning`) and applies the database; MetaSchedule's layout rewrites of the
+    Chooses how each 3x3 convolution shape is computed (:func:`_choose_winograd_tiles`,
+    remembered in ``tiles``), tunes :func:`_tuning_module` (convolutions with template
+    schedules, see :func:`_run_tuning`) and applies the database; MetaSchedule's layout rewrites of the
     weights are computed here too, so tuning spends no trials on weight transposes and the
     device receives prepacked weights.
 
@@ -598,48 +684,68 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
     """
     from tvm.s_tir import meta_schedule as ms
 
-    mod, params = _tuning_module(mod, params, tvm_target)
+    from . import schedules, winograd
+
+    if trials:
+        _choose_winograd_tiles(mod, tvm_target, db, searched, tiles, log)
+    lanes = schedules.vector_config(tvm_target)[0]
+    mod, params = _tuning_module(
+        mod, params, tvm_target,
+        lambda sig: tiles.get(str(sig), winograd.default_tile(sig, lanes)))
     if trials:
         with tvm_target:
             _run_tuning(mod, tvm_target, db, trials, done, searched, log)
     return _apply_database(mod, params, tvm_target, ms.database.JSONDatabase(work_dir=str(db)))
 
 
-def _apply_database(mod, params: list, tvm_target, database):
+def _apply_database(mod, params: list, tvm_target, database=None):
     """The kernels of :func:`_tuning_module`'s ``mod`` scheduled by the records in
-    ``database``, weight layout rewrites computed here. Returns (module to build, weights)."""
+    ``database`` (if any); convolution kernels it has no record of get their most promising
+    template schedule (:func:`.schedules.candidates`, first), unmeasured. Weight layout
+    rewrites are computed here. Returns (module to build, weights)."""
     import tvm
     from tvm.relax import transform as T
-
-    with tvm_target, database:
-        mod = tvm.transform.Sequential([
-            T.MetaScheduleApplyDatabase(), T.SplitLayoutRewritePreproc(),
-            T.LiftTransformParams(), T.FoldConstant()])(mod)
-    return _precompute_transform(mod, params, tvm_target)
-
-
-def _untuned(mod, params: list, tvm_target):
-    """An untuned CPU build: each convolution gets its most promising template schedule
-    (:func:`.schedules.candidates`, first), unmeasured, so a model compiled for a device
-    nobody tuned on (a cross compile) still runs register-tiled, vectorized convolutions;
-    the other kernels keep TVM's default schedules. Returns (module to build, weights)."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
 
-    mod, params = _tuning_module(mod, params, tvm_target)
     lanes, registers = schedules.vector_config(tvm_target)
     with tempfile.TemporaryDirectory(prefix="neo-edge-schedules-") as tmp:
-        database = ms.database.JSONDatabase(work_dir=tmp)
+        fallback = ms.database.JSONDatabase(work_dir=tmp)
         for task in ms.relax_integration.extract_tasks(mod, tvm_target):
             kernel = task.dispatched[0]
-            configs = schedules.candidates(kernel["main"], lanes, registers, limit=1)
-            if not configs:
+            if database is not None and database.has_workload(kernel) and \
+                    database.get_top_k(database.commit_workload(kernel), 1):
                 continue
-            sch, args_info = _scheduled(kernel, configs[0])
-            database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, database.commit_workload(kernel), [0.0], tvm_target, args_info))
-        return _apply_database(mod, params, tvm_target, database)
+            configs = schedules.candidates(kernel["main"], lanes, registers, limit=1)
+            if configs:
+                sch, args_info = _scheduled(kernel, configs[0])
+                fallback.commit_tuning_record(ms.database.TuningRecord(
+                    sch.trace, fallback.commit_workload(kernel), [0.0], tvm_target,
+                    args_info))
+        if database is not None:
+            # The first database with a record of a kernel schedules it.
+            fallback = ms.database.OrderedUnionDatabase(database, fallback)
+        with tvm_target, fallback:
+            mod = tvm.transform.Sequential([
+                T.MetaScheduleApplyDatabase(), T.SplitLayoutRewritePreproc(),
+                T.LiftTransformParams(), T.FoldConstant()])(mod)
+    return _precompute_transform(mod, params, tvm_target)
+
+
+def _untuned(mod, params: list, tvm_target):
+    """An untuned CPU build: 3x3 convolutions use Winograd where
+    :func:`.winograd.default_tile` expects it to pay and each convolution gets its most
+    promising template schedule, unmeasured (:func:`_apply_database`), so a model compiled
+    for a device nobody tuned on (a cross compile) still runs register-tiled, vectorized
+    convolutions; the other kernels keep TVM's default schedules. Returns (module to
+    build, weights)."""
+    from . import schedules, winograd
+
+    lanes = schedules.vector_config(tvm_target)[0]
+    mod, params = _tuning_module(mod, params, tvm_target,
+                                 lambda sig: winograd.default_tile(sig, lanes))
+    return _apply_database(mod, params, tvm_target)
 
 
 def _build(mod, param_values: list, target: Target, target_spec: dict, tune_trials: int,
@@ -677,14 +783,14 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     db.mkdir(parents=True, exist_ok=True)
     marker = db / TUNING_MARKER
     state = read_tuning_marker(db)
-    done, searched = state["trials"], state["convolutions"]
+    done, searched, tiles = state["trials"], state["convolutions"], state["winograd"]
     key = _tuning_key(mod, target_spec)
     trials = max(0, tune_trials - done.get(key, 0))
     if done.get(key) and not trials:
         log(f"reusing {done[key]} tuning trials from {db}")
     with _TuningProgress(db, progress and trials > 0), _measuring_threads(cores):
         mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
-                                  done.get(key, 0), searched, log)
+                                  done.get(key, 0), searched, tiles, log)
     if trials:
         done[key] = done.get(key, 0) + trials
         marker.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -714,11 +820,13 @@ def _measuring_threads(cores: int):
 
 def read_tuning_marker(db: Path) -> dict:
     """What tuning spent in ``db``: ``{"trials": {model key: MetaSchedule trials},
-    "convolutions": {kernel hash: the template schedule chosen}}``."""
+    "convolutions": {kernel hash: the template schedule chosen},
+    "winograd": {3x3 convolution shape: Winograd tile size chosen, 0 for direct}}``."""
     marker = Path(db) / TUNING_MARKER
     state = json.loads(marker.read_text()) if marker.exists() else {}
     return {"trials": dict(state.get("trials", {})),
-            "convolutions": dict(state.get("convolutions", {}))}
+            "convolutions": dict(state.get("convolutions", {})),
+            "winograd": dict(state.get("winograd", {}))}
 
 
 def compile_model(model: str | os.PathLike, target: str | Target = "host",

@@ -81,38 +81,50 @@ def _divisors(n: int, lo: int, hi: int) -> list[int]:
     return [d for d in range(lo, min(n, hi) + 1) if n % d == 0]
 
 
-def candidates(func, lanes: int, registers: int, limit: int = 12) -> list[ConvConfig]:
-    """Configurations worth measuring for ``func``, the most promising first.
+def register_tiles(width: int, channels: int, lanes: int, registers: int,
+                   depthwise: bool) -> list[tuple[float, int, int, int]]:
+    """(score, x_block, f_block, vector width) of the register tiles that fit an output of
+    ``width`` columns by ``channels`` channels, the most promising first."""
+    vector = lanes if channels % lanes == 0 else lanes // 2
+    if vector < 2 or channels % vector:
+        return []
+    budget = registers - _SPARE_REGISTERS
+    f_blocks = [f for f in _divisors(channels, vector, 4 * lanes) if f % vector == 0]
+    # Column blocks that divide the width, and small ones that leave a (predicated) tail
+    # for widths with no useful divisor (13, 55, 111...).
+    x_blocks = sorted(set(_divisors(width, 2, 16)) |
+                      {x for x in range(3, 9) if x < width}) or [1]
+    tiles = []
+    for f in f_blocks:
+        for x in x_blocks:
+            acc = x * f // vector
+            if acc > budget:
+                continue
+            tail = (-width % x) / width  # wasted fraction
+            # Favour tiles that fill the registers and broadcast each input to 2+ vectors
+            # (for depthwise kernels every load is a vector: the tile width matters less).
+            score = acc + (0 if depthwise else 4 * min(f // vector, 3)) - 40 * tail
+            tiles.append((score, x, f, vector))
+    tiles.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return tiles
+
+
+def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
+    """Configurations worth measuring for ``func``, the most promising first: direct
+    convolutions get ConvConfigs, Winograd kernels (:mod:`.winograd`) theirs.
 
     ``lanes``: float32 elements per vector register; ``registers``: vector registers.
     """
+    from . import winograd
+
     shape = conv_shape(func)
     if shape is None:
-        return []
-    width = lanes if shape.out_channels % lanes == 0 else lanes // 2
-    if width < 2 or shape.out_channels % width:
-        return []
-    budget = registers - _SPARE_REGISTERS
-    depthwise = shape.reduction[2] == 1
-    f_blocks = [f for f in _divisors(shape.out_channels, width, 4 * lanes) if f % width == 0]
-    # Column blocks that divide the width, and small ones that leave a (predicated) tail
-    # for widths with no useful divisor (13, 55, 111...).
-    x_blocks = sorted(set(_divisors(shape.out_width, 2, 16)) |
-                      {x for x in range(3, 9) if x < shape.out_width}) or [1]
+        return winograd.candidates(func, lanes, registers, limit)
+    tiles = register_tiles(shape.out_width, shape.out_channels, lanes, registers,
+                           depthwise=shape.reduction[2] == 1)
     pads = ["separate", "inline"] if shape.padded else ["inline"]
-    found = []
-    for pad in pads:
-        for f in f_blocks:
-            for x in x_blocks:
-                acc = x * f // width
-                if acc > budget:
-                    continue
-                tail = (-shape.out_width % x) / shape.out_width  # wasted fraction
-                # Favour tiles that fill the registers and broadcast each input to 2+ vectors
-                # (for depthwise kernels every load is a vector: the tile width matters less).
-                score = acc + (0 if depthwise else 4 * min(f // width, 3)) - 40 * tail
-                found.append((-score, pads.index(pad), x, f, ConvConfig(x, f, width, pad)))
-    found.sort(key=lambda c: c[:4])
+    found = sorted(((-score, pads.index(pad), x, f, ConvConfig(x, f, width, pad))
+                    for pad in pads for score, x, f, width in tiles), key=lambda c: c[:4])
     configs = [c[-1] for c in found]
     weights = shape.reduction[0] * shape.reduction[1] * shape.reduction[2] * shape.out_channels
     if weights * 4 > 256 * 1024:
@@ -122,9 +134,15 @@ def candidates(func, lanes: int, registers: int, limit: int = 12) -> list[ConvCo
     return configs[:limit]
 
 
-def apply(sch, config: ConvConfig) -> None:
-    """Schedule the convolution kernel in ``sch`` (see the module docstring)."""
+def apply(sch, config) -> None:
+    """Schedule the kernel in ``sch`` with ``config``, one of :func:`candidates`."""
     from tvm.s_tir import meta_schedule as ms
+
+    from . import winograd
+
+    if isinstance(config, winograd.WinogradConfig):
+        winograd.apply(sch, config)
+        return
 
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]

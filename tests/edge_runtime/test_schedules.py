@@ -40,7 +40,7 @@ def tasks(conv_onnx):
     mod, _, _ = compiler._import(conv_onnx, "ONNX", None, None)
     mod, params = relax.frontend.detach_params(mod)
     target = tvm.target.Target({**compiler._tvm_target(resolve("host")), "num-cores": 2})
-    mod, _ = compiler._tuning_module(mod, list(params["main"]), target)
+    mod, _ = compiler._tuning_module(mod, list(params["main"]), target, lambda sig: 0)
     return target, ms.relax_integration.extract_tasks(mod, target)
 
 
