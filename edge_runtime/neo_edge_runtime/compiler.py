@@ -315,11 +315,17 @@ def _build_candidate(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def _measurers():
+def _measurers(cold_weights: bool = False):
+    """MetaSchedule's builder and runner. ``cold_weights``: each run starts with the
+    weights (every argument but the first) flushed from the CPU caches, as they are inside
+    a network whose weights outgrow the caches (ResNet-18: 45-80 MB); a kernel measured
+    alone otherwise keeps its weights in the last-level cache across runs."""
     from tvm.s_tir import meta_schedule as ms
 
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0,
+                                          enable_cpu_cache_flush=True) if cold_weights else None
     return (ms.builder.LocalBuilder(timeout_sec=300, f_build=_build_candidate),
-            ms.runner.LocalRunner(timeout_sec=120))
+            ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator))
 
 
 def _scheduled(kernel, config):
@@ -335,20 +341,23 @@ def _scheduled(kernel, config):
     return sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
 
 
-def _kernel_key(kernel) -> str:
-    """How the tuning marker names a kernel (a task's IRModule)."""
+def _kernel_key(kernel, cold_weights: bool = False) -> str:
+    """How the tuning marker names a kernel (a task's IRModule) measured with warm or cold
+    weights (see :func:`_measurers`)."""
     import tvm_ffi
 
-    return f"{tvm_ffi.structural_hash(kernel) & 0xFFFFFFFFFFFFFFFF:016x}"
+    key = f"{tvm_ffi.structural_hash(kernel) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{key} cold" if cold_weights else key
 
 
 def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
-                       log: Callable[[str], None]) -> list:
+                       log: Callable[[str], None], cold_weights: bool = False) -> list:
     """Measure the template schedules of every convolution kernel in ``tasks``, commit them
     to the database in ``db`` and note the fastest in ``searched`` (which also lists what
     was measured before: only new candidates are). All candidates are built and run as one
-    batch (each batch starts its own builder and runner processes). Returns the tasks the
-    templates do not cover."""
+    batch (each batch starts its own builder and runner processes). ``cold_weights``: see
+    :func:`_measurers` (noted in ``searched`` apart from warm measurements). Returns the
+    tasks the templates do not cover."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
@@ -361,7 +370,7 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
         configs = schedules.candidates(mod["main"], lanes, registers, CONV_CANDIDATES)
         if not configs:
             continue
-        key = _kernel_key(mod)
+        key = _kernel_key(mod, cold_weights)
         covered.append((task, key))
         entry = searched.setdefault(key, {"kernel": task.task_name, "measured": []})
         new = [c for c in configs if str(c) not in entry["measured"]]
@@ -370,7 +379,7 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
             pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
             entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
     if pending:
-        builder, runner = _measurers()
+        builder, runner = _measurers(cold_weights)
         built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
                                for *_, sch, _ in pending])
         ok = [(*p, b) for p, b in zip(pending, built) if b.error_msg is None]
@@ -602,9 +611,10 @@ def _tuning_module(mod, params: list, tvm_target, winograd_tile):
     return mod, params
 
 
-#: A faster Winograd tile must beat the more precise choice (direct, then F(2x2)) by this
-#: much to be used: within the measurement noise, precision wins.
-WINOGRAD_MARGIN = 0.05
+#: A larger Winograd tile must beat the smaller choice (direct, then F(2x2)) by this much
+#: to be used: it costs float32 precision, and its transformed weights take (m + 2)^2 / 9
+#: times the direct kernel's memory (F(4x4): 4x), on disk and on the device.
+WINOGRAD_MARGIN = 0.10
 
 
 def _winograd_module(sig):
@@ -636,7 +646,13 @@ def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dic
                            log: Callable[[str], None]) -> None:
     """Measure each eligible 3x3 convolution shape of ``mod`` not yet in ``tiles`` three
     ways (direct, F(2x2), F(4x4), each with its template candidates) and note the fastest
-    tile size in ``tiles`` (0: direct), keyed by the shape."""
+    tile size in ``tiles`` (0: direct), keyed by the shape.
+
+    Measured with cold weights (:func:`_measurers`): Winograd's transformed weights are
+    (m + 2)^2 / 9 times the direct kernel's, and inside a network they come from memory.
+    Measured warm, ResNet-18's kernels summed to 10.8 ms with F(4x4)/F(2x2) nearly
+    everywhere, but the network ran 17.9 ms, reading 80 MB of weights per inference.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     from . import winograd
@@ -652,11 +668,11 @@ def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dic
     if not ways:
         return
     rest = _tune_convolutions([t for tasks in ways.values() for t in tasks], tvm_target, db,
-                              searched, lambda msg: None)
+                              searched, lambda msg: None, cold_weights=True)
     times = {}
     for (sig, m), tasks in ways.items():
-        measured = [searched[_kernel_key(t.dispatched[0])]["ms"] for t in tasks
-                    if t not in rest]
+        measured = [searched[_kernel_key(t.dispatched[0], cold_weights=True)]["ms"]
+                    for t in tasks if t not in rest]
         if measured:
             times.setdefault(sig, {})[m] = min(measured)
     for sig in dict.fromkeys(sig for sig, _ in ways):
@@ -862,7 +878,8 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
         Model name (default: the file's stem) and version recorded in the manifest.
     tune_trials:
         Tuning for CPU targets of this machine's architecture: more than 0 measures
-        each convolution's template schedules (about 12 each, see :mod:`.schedules`) and
+        each 3x3 stride-1 convolution shape direct and by Winograd (:mod:`.winograd`),
+        each convolution's template schedules (about 12 each, see :mod:`.schedules`), and
         gives the other kernels this many MetaSchedule trials in all. 0 compiles
         untuned (each convolution gets its most promising template, unmeasured), unless
         ``tuning_db`` holds records, which are then applied.

@@ -15,12 +15,14 @@ for F(4x4). The work becomes
 4. output: ``Y = A^T M A`` per tile, followed by the layer's fused epilogue (shift,
    activation, residual add).
 
-It pays where the matrix products dominate: large feature maps with up to a few hundred
-channels. For deep 7x7 layers with 512 channels the transformed weights (16 or 36 per
-channel pair instead of 9) cost more memory traffic than the multiplies saved. Larger
-tiles also lose float32 precision (F(4x4)'s transforms multiply by up to 8 and 1/24), so
-the compiler measures direct, F(2x2) and F(4x4) per layer shape when it tunes and picks the
-fastest; untuned builds use :func:`default_tile`.
+It pays most where the matrix products dominate: large feature maps with up to a few
+hundred channels. Deep 7x7 layers with 512 channels gain little or nothing: their
+transformed weights (16 or 36 per channel pair instead of 9) cost memory traffic, and a
+7x7 map wastes part of its edge tiles. Larger tiles also lose float32 precision (F(4x4)'s
+transforms multiply by up to 8 and 1/24) and take more weight memory, so the compiler
+measures direct, F(2x2) and F(4x4) per layer shape when it tunes and picks the fastest,
+a larger tile only by a clear margin (``compiler.WINOGRAD_MARGIN``); untuned builds use
+:func:`default_tile`.
 
 :func:`rewrite` replaces eligible ``relax.nn.conv2d`` calls (channels-last, see
 ``compiler.CPU_CONV_LAYOUT``); :func:`candidates` and :func:`apply` schedule the fused kernel.
@@ -135,11 +137,12 @@ def default_tile(sig: ConvSignature, lanes: int) -> int:
     """The tile size an untuned build uses for ``sig`` on ``lanes``-float vectors (0: the
     direct convolution).
 
-    From measurements on a 2-core AVX-512 machine (ResNet-18's layers, 2 threads, each way
-    with its best template schedule): F(4x4) 0.82 ms against 1.27 direct for 28x28 maps
-    with 128 channels; F(2x2) 0.82 against 1.22 at 14x14x256, where F(4x4)'s 36
-    transformed weights per channel pair cost more cache traffic than its multiplies save
-    (0.95); at 7x7x512 nothing beats the direct kernel (1.58, 1.60, 1.90).
+    From the compiler's cold-weight measurements on a 2-core AVX-512 machine (each way with
+    its best template schedule, 2 threads): F(4x4) 0.66 ms against 1.21 direct for 56x56
+    maps with 64 channels (0.24 against 0.36 at SqueezeNet's 55x55x16->64); F(2x2) 0.77
+    against 1.19 at 14x14x256, where F(4x4)'s 36 transformed weights per channel pair cost
+    more memory traffic than its multiplies save (1.00); at 7x7x512 nothing beats the
+    direct kernel (1.76, F(2x2) 1.72, F(4x4) 3.17).
     """
     if sig.out_channels % lanes:
         return 0  # the direct kernel's half-vector tiles do better
