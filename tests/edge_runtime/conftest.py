@@ -22,6 +22,19 @@ def ops_onnx(models_dir):
 
 
 @pytest.fixture(scope="session")
+def residual_onnx(models_dir):
+    """A 1x1 stem to 16 channels, then a ResNet basic block on a 20x20 map: two 3x3
+    convolutions Winograd takes (batch norms, ReLU, residual add in the epilogue)."""
+    g = zoo.GraphBuilder("residual", seed=6)
+    x = g.relu(g.conv("input", 3, 16, 1))
+    y = g.relu(g.bn(g.conv(x, 16, 16, 3), 16))
+    y = g.relu(g.add(g.bn(g.conv(y, 16, 16, 3), 16), x))
+    path = models_dir / "residual.onnx"
+    onnx.save(g.model([1, 3, 20, 20], y, [1, 16, 20, 20]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def host_artifact(ops_onnx, tmp_path_factory):
     return compile_model(ops_onnx, "host", tmp_path_factory.mktemp("art") / "ops-host",
                          metadata={"labels": [str(k) for k in range(10)]})

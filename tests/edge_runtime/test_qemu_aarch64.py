@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from neo_edge_runtime import EdgeModel, compile_model
+from neo_edge_runtime import EdgeModel, artifact, compile_model
 from neo_edge_runtime.bundle import REPO_ROOT, build_bundle
 
 QEMU_DIR = REPO_ROOT / "build" / "qemu-aarch64"
@@ -70,22 +70,27 @@ def x():
     return np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def guest(rasp4b_artifact, device_dir, x, tmp_path_factory):
-    """One run of the rasp4b artifact in the emulated aarch64 interpreter."""
-    work = tmp_path_factory.mktemp("guest")
+def run_guest(artifact, device_dir, x, work):
+    """Run ``artifact`` on ``x`` in the emulated aarch64 interpreter: GUEST's report, with
+    the output added."""
     np.save(work / "x.npy", x)
     env = {"PATH": "/usr/bin:/bin", "PYTHONHOME": str(SYSROOT / "usr"),
            "PYTHONPATH": f"{device_dir}:{QEMU_DIR / 'site-packages'}",
            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(
         ["qemu-aarch64", "-L", str(SYSROOT), str(SYSROOT / "usr" / "bin" / "python3.11"),
-         "-c", GUEST, str(rasp4b_artifact), str(work / "x.npy"), str(work / "y.npy")],
+         "-c", GUEST, str(artifact), str(work / "x.npy"), str(work / "y.npy")],
         capture_output=True, text=True, env=env, cwd=work, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     report["output"] = np.load(work / "y.npy")
     return report
+
+
+@pytest.fixture(scope="module")
+def guest(rasp4b_artifact, device_dir, x, tmp_path_factory):
+    """One run of the rasp4b artifact in the emulated aarch64 interpreter."""
+    return run_guest(rasp4b_artifact, device_dir, x, tmp_path_factory.mktemp("guest"))
 
 
 def test_rasp4b_artifact_under_qemu_gives_the_host_artifacts_outputs(guest, host_artifact, x):
@@ -107,3 +112,15 @@ def test_the_guest_runs_the_bundles_libraries_and_no_compiler(guest, device_dir,
         str(device_dir / "neo_edge_runtime" / "_lib" / "libtvm_runtime.so"),
         str(rasp4b_artifact / "model.so"),
     ])
+
+
+def test_winograd_convolutions_run_on_aarch64_as_on_the_host(residual_onnx, device_dir,
+                                                             tmp_path):
+    """A ResNet basic block: its 3x3 convolutions compile to Winograd F(4x4) kernels with
+    4-lane NEON tiles for rasp4b, and compute what the host's artifact computes."""
+    art = compile_model(residual_onnx, "rasp4b", tmp_path / "rasp4b")
+    assert b"winograd4" in (art / artifact.LIBRARY).read_bytes()
+    x = np.random.default_rng(8).standard_normal((1, 3, 20, 20)).astype(np.float32)
+    expected = EdgeModel.load(compile_model(residual_onnx, "host", tmp_path / "host")).predict(x)
+    out = run_guest(art, device_dir, x, tmp_path)["output"]
+    np.testing.assert_allclose(out, expected["output"], rtol=1e-5, atol=1e-5)

@@ -4,12 +4,11 @@ candidate computes the convolution, and that compiled models use it and stay exa
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
 from neo_edge_runtime import (EdgeModel, artifact, compile_model, compiler, schedules,
-                              winograd, zoo)
+                              winograd)
 from neo_edge_runtime.targets import resolve
 
 tvm = pytest.importorskip("tvm")
@@ -120,38 +119,25 @@ def test_every_candidate_computes_the_convolution(sig, m, rng):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * m, err_msg=str(config))
 
 
-def residual_model():
-    """A 1x1 stem to 16 channels, then a ResNet basic block on a 20x20 map: two 3x3
-    convolutions Winograd takes (batch norms folded, ReLU, residual add in the epilogue)."""
-    g = zoo.GraphBuilder("residual", seed=6)
-    x = g.relu(g.conv("input", 3, 16, 1))
-    y = g.relu(g.bn(g.conv(x, 16, 16, 3), 16))
-    y = g.relu(g.add(g.bn(g.conv(y, 16, 16, 3), 16), x))
-    return g.model([1, 3, 20, 20], y, [1, 16, 20, 20])
-
-
-def test_untuned_model_uses_winograd_and_matches_onnxruntime(tmp_path, rng):
-    path = tmp_path / "residual.onnx"
-    onnx.save(residual_model(), path)
-    art = compile_model(path, "host", tmp_path / "art")
+def test_untuned_model_uses_winograd_and_matches_onnxruntime(residual_onnx, tmp_path, rng):
+    art = compile_model(residual_onnx, "host", tmp_path / "art")
     assert b"winograd4" in (art / artifact.LIBRARY).read_bytes()
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
-    expected = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    expected = ort.InferenceSession(str(residual_onnx)).run(None, {"input": x})[0]
     np.testing.assert_allclose(EdgeModel.load(art).predict(x)["output"], expected,
                                rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_tuning_measures_each_shape_three_ways_once(tmp_path, monkeypatch, rng):
+def test_tuning_measures_each_shape_three_ways_once(residual_onnx, tmp_path, monkeypatch,
+                                                     rng):
     monkeypatch.setattr(compiler, "CONV_CANDIDATES", 2)
     # Templates only: MetaSchedule's search for the other kernels is tested elsewhere.
     run_tuning = compiler._run_tuning
     monkeypatch.setattr(compiler, "_run_tuning", lambda mod, target, db, trials, *args:
                         run_tuning(mod, target, db, 0, *args))
-    path = tmp_path / "residual.onnx"
-    onnx.save(residual_model(), path)
     db, logs = tmp_path / "tuning", []
-    art = compile_model(path, "host", tmp_path / "a1", tune_trials=1, tuning_db=db,
+    art = compile_model(residual_onnx, "host", tmp_path / "a1", tune_trials=1, tuning_db=db,
                         log=logs.append)
     [verdict] = [m for m in logs if m.startswith("conv 20x20x16->16 pad 1,1,1,1: ")]
     assert "direct" in verdict and "F(2x2)" in verdict and "F(4x4)" in verdict
@@ -161,12 +147,12 @@ def test_tuning_measures_each_shape_three_ways_once(tmp_path, monkeypatch, rng):
     # More trials later: the shape is not measured again, and the build follows the
     # recorded choice.
     logs.clear()
-    again = compile_model(path, "host", tmp_path / "a2", tune_trials=4, tuning_db=db,
+    again = compile_model(residual_onnx, "host", tmp_path / "a2", tune_trials=4, tuning_db=db,
                           log=logs.append)
     assert not [m for m in logs if m.startswith("conv ")]
     assert ((b"winograd" in (again / artifact.LIBRARY).read_bytes())
             == (list(tiles.values()) != [0]))
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
-    expected = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    expected = ort.InferenceSession(str(residual_onnx)).run(None, {"input": x})[0]
     np.testing.assert_allclose(EdgeModel.load(art).predict(x)["output"], expected,
                                rtol=1e-4, atol=1e-4)
