@@ -364,17 +364,19 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
 
     lanes, registers = schedules.vector_config(tvm_target)
     database = ms.database.JSONDatabase(work_dir=str(db))
-    covered, pending = [], []  # (task, key); (key, workload, config, schedule, args)
+    keys = []  # per task: its key in ``searched``, None if no template covers it
+    measured, pending = set(), []  # keys measured now; (key, workload, config, sch, args)
     for task in tasks:
         mod = task.dispatched[0]
         configs = schedules.candidates(mod["main"], lanes, registers, CONV_CANDIDATES)
-        if not configs:
+        key = _kernel_key(mod, cold_weights) if configs else None
+        keys.append(key)
+        if key is None:
             continue
-        key = _kernel_key(mod, cold_weights)
-        covered.append((task, key))
         entry = searched.setdefault(key, {"kernel": task.task_name, "measured": []})
         new = [c for c in configs if str(c) not in entry["measured"]]
-        if new and key not in {p[0] for p in pending}:
+        if new and key not in measured:
+            measured.add(key)
             workload = database.commit_workload(mod)
             pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
             entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
@@ -399,13 +401,13 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
         for b in built:
             if b.artifact_path:
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    measured = {p[0] for p in pending}
-    rest = [t for t in tasks if t not in [c[0] for c in covered]]
-    for task, key in covered:
-        entry = searched[key]
-        if "ms" not in entry:  # no candidate built and ran: MetaSchedule's search instead
+    rest = []
+    for task, key in zip(tasks, keys):
+        # No template, or no candidate built and ran: MetaSchedule's search instead.
+        if key is None or "ms" not in searched[key]:
             rest.append(task)
         elif key in measured:
+            entry = searched[key]
             log(f"{task.task_name}: {entry['schedule']}, {entry['ms']:.3f} ms")
     return rest
 
@@ -692,9 +694,9 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
 
     Chooses how each 3x3 convolution shape is computed (:func:`_choose_winograd_tiles`,
     remembered in ``tiles``), tunes :func:`_tuning_module` (convolutions with template
-    schedules, see :func:`_run_tuning`) and applies the database; MetaSchedule's layout rewrites of the
-    weights are computed here too, so tuning spends no trials on weight transposes and the
-    device receives prepacked weights.
+    schedules, see :func:`_run_tuning`) and applies the database; MetaSchedule's layout
+    rewrites of the weights are computed here too, so tuning spends no trials on weight
+    transposes and the device receives prepacked weights.
 
     Returns (module to build, weights ``main`` takes).
     """

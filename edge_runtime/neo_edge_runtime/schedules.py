@@ -173,10 +173,7 @@ def apply(sch, config) -> None:
             continue
         loops = sch.get_loops(b)
         sch.parallel(sch.fuse(*loops[:2]))
-        channels = int(sch.get(loops[-1]).extent)
-        step = next((v for v in (config.lanes, config.lanes // 2, 1) if channels % v == 0))
-        if step > 1:
-            sch.vectorize(sch.split(loops[-1], [None, step])[1])
+        vectorize(sch, loops[-1], config.lanes)
 
     sch.reverse_compute_at(out, tile)
     inner = sch.get_loops(out)[-1]
@@ -185,6 +182,23 @@ def apply(sch, config) -> None:
     # Pack the weights in the order the tile reads them (done once, at compile time).
     sch.enter_postproc()
     ms.postproc.RewriteLayout().apply(sch)
+
+
+def vector_split(sch, loop, lanes: int):
+    """``loop`` split for vectors of ``lanes`` elements, or of half as many where ``lanes``
+    does not divide it: (outer, inner), inner None where neither divides it."""
+    extent = int(sch.get(loop).extent)
+    step = next(v for v in (lanes, lanes // 2, 1) if extent % v == 0)
+    if step == 1:
+        return loop, None
+    return sch.split(loop, [None, step])
+
+
+def vectorize(sch, loop, lanes: int) -> None:
+    """Vectorize ``loop`` by :func:`vector_split`'s inner loop, if it has one."""
+    _, inner = vector_split(sch, loop, lanes)
+    if inner is not None:
+        sch.vectorize(inner)
 
 
 def vector_config(target) -> tuple[int, int]:

@@ -35,6 +35,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .schedules import register_tiles, vector_split, vectorize
+
 #: Output tile sizes m of F(m x m, 3 x 3) this module computes.
 TILES = (2, 4)
 
@@ -174,10 +176,16 @@ def _linear(coefficients, terms):
     return expr if expr is not None else tirx.const(0.0, terms[0].dtype)
 
 
-def _table(index, exprs):
-    """``exprs[index]``: the selections fold away once ``index`` is an unrolled constant."""
+def _transform(matrix, patch, index):
+    """``(matrix @ P @ matrix.T)[index // r, index % r]`` for the square patch ``P`` given
+    as the flat list ``patch`` of its terms (``r`` rows in ``matrix``): every entry written
+    out by :func:`_linear`, the one wanted selected by ``index``. The selections fold away
+    once ``index`` is an unrolled constant."""
     from tvm import tirx
 
+    rows, n = matrix.shape
+    exprs = [_linear([matrix[p, i] * matrix[q, j] for i in range(n) for j in range(n)], patch)
+             for p in range(rows) for q in range(rows)]
     out = exprs[-1]
     for k in range(len(exprs) - 2, -1, -1):
         out = tirx.Select(index == k, exprs[k], out)
@@ -191,14 +199,11 @@ def transform_weights(w, m: int):
     _, g, _ = matrices(m)
     alpha = m + 2
     k_, _, _, c_ = w.shape
-
-    def compute(a, b, c, k):
-        taps = [w[k, i, j, c] for i in range(3) for j in range(3)]
-        exprs = [_linear([g[p, i] * g[q, j] for i in range(3) for j in range(3)], taps)
-                 for p in range(alpha) for q in range(alpha)]
-        return _table(a * alpha + b, exprs)
-
-    return te.compute((alpha, alpha, c_, k_), compute, name="winograd_weight")
+    return te.compute(
+        (alpha, alpha, c_, k_),
+        lambda a, b, c, k: _transform(g, [w[k, i, j, c] for i in range(3) for j in range(3)],
+                                      a * alpha + b),
+        name="winograd_weight")
 
 
 def conv(x, u, m: int, padding: tuple[int, int, int, int]):
@@ -221,9 +226,7 @@ def conv(x, u, m: int, padding: tuple[int, int, int, int]):
 
     def transform_input(a, b, ty, tx, ch):
         d = [padded[ty * m + i, tx * m + j, ch] for i in range(alpha) for j in range(alpha)]
-        exprs = [_linear([bt[p, i] * bt[q, j] for i in range(alpha) for j in range(alpha)], d)
-                 for p in range(alpha) for q in range(alpha)]
-        return _table(a * alpha + b, exprs)
+        return _transform(bt, d, a * alpha + b)
 
     v = te.compute((alpha, alpha, th, tw, c), transform_input, name=INPUT)
     rc = te.reduce_axis((0, c), name="rc")
@@ -233,9 +236,7 @@ def conv(x, u, m: int, padding: tuple[int, int, int, int]):
 
     def transform_output(n, i, j, f):
         prods = [gemm[a, b, i // m, j // m, f] for a in range(alpha) for b in range(alpha)]
-        exprs = [_linear([at[p, a] * at[q, b] for a in range(alpha) for b in range(alpha)],
-                         prods) for p in range(m) for q in range(m)]
-        return _table((i % m) * m + j % m, exprs)
+        return _transform(at, prods, (i % m) * m + j % m)
 
     return te.compute((1, oh, ow, k), transform_output, name=OUTPUT)
 
@@ -315,9 +316,10 @@ class WinogradConfig:
 
 @dataclass(frozen=True)
 class WinogradShape:
-    tile: int
-    tiles_across: int
-    in_channels: int
+    """What the schedule needs to know of a Winograd kernel."""
+
+    tile: int           #: m of F(m x m, 3 x 3)
+    tiles_across: int   #: output tiles per row
     out_channels: int
 
 
@@ -331,14 +333,12 @@ def kernel_shape(func) -> Optional[WinogradShape]:
     if not {PAD, INPUT, GEMM, OUTPUT} <= set(blocks):
         return None
     ext = [int(iv.dom.extent) for iv in blocks[GEMM].iter_vars]  # a, b, ty, tx, k, rc
-    return WinogradShape(ext[0] - 2, ext[3], ext[5], ext[4])
+    return WinogradShape(ext[0] - 2, ext[3], ext[4])
 
 
 def candidates(func, lanes: int, registers: int, limit: int = 8) -> list[WinogradConfig]:
     """Register tiles worth measuring for the Winograd kernel ``func``, best guess first
     (none if ``func`` is not one)."""
-    from .schedules import register_tiles
-
     shape = kernel_shape(func)
     if shape is None:
         return []
@@ -365,11 +365,11 @@ def apply(sch, config: WinogradConfig) -> None:
     pad = sch.get_sblock(PAD)
     rows, *_, channels = sch.get_loops(pad)
     sch.parallel(rows)
-    _vectorize(sch, channels, lanes)
+    vectorize(sch, channels, lanes)
 
     v = sch.get_sblock(INPUT)
     a, b, ty, tx, ch = sch.get_loops(v)
-    co, cv = _vector_split(sch, ch, lanes)
+    co, cv = vector_split(sch, ch, lanes)
     sch.reorder(ty, tx, co, a, b, cv)
     sch.parallel(ty)
     sch.unroll(a)
@@ -401,17 +401,3 @@ def apply(sch, config: WinogradConfig) -> None:
     # Pack the transformed weights in the order the products read them (compile time).
     sch.enter_postproc()
     ms.postproc.RewriteLayout().apply(sch)
-
-
-def _vector_split(sch, loop, lanes: int):
-    extent = int(sch.get(loop).extent)
-    step = next(v for v in (lanes, lanes // 2, 1) if v >= 1 and extent % v == 0)
-    if step == 1:
-        return loop, None
-    return sch.split(loop, [None, step])
-
-
-def _vectorize(sch, loop, lanes: int) -> None:
-    _, inner = _vector_split(sch, loop, lanes)
-    if inner is not None:
-        sch.vectorize(inner)
