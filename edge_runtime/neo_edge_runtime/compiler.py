@@ -298,8 +298,14 @@ def _precompute_transform(mod, params: list, tvm_target):
 #: parallelized and vectorized too; what remains goes to the matmuls.
 COVERAGE_TRIALS_PER_TASK = 8
 HEAVY_OPS = ["matmul", "dense"]
-#: Template schedules measured per convolution kernel (see :mod:`.schedules`).
-CONV_CANDIDATES = 12
+#: Template schedules measured per kernel, at most (see :mod:`.schedules`).
+TEMPLATE_CANDIDATES = 12
+#: Template candidates are measured in this many passes over the whole batch, and each is
+#: timed by its fastest run. A shared machine's neighbours slow a run down for seconds at
+#: a time (by up to 50% here) and never speed it up: one pass compares candidates measured
+#: in quiet and busy periods, and picked (for SqueezeNet's classifier) a tile 15% slower
+#: on two cores and 30% slower on one than the best.
+MEASURING_PASSES = 2
 
 
 def _build_candidate(mod, target, _params):
@@ -315,15 +321,21 @@ def _build_candidate(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def _measurers(cold_weights: bool = False):
+def _measurers(cold_weights: bool = False, template: bool = False):
     """MetaSchedule's builder and runner. ``cold_weights``: each run starts with the
     weights (every argument but the first) flushed from the CPU caches, as they are inside
     a network whose weights outgrow the caches (ResNet-18: 45-80 MB); a kernel measured
-    alone otherwise keeps its weights in the last-level cache across runs."""
+    alone otherwise keeps its weights in the last-level cache across runs. ``template``:
+    several short runs per candidate (see :data:`MEASURING_PASSES`) instead of
+    MetaSchedule's one 100 ms run."""
     from tvm.s_tir import meta_schedule as ms
 
-    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0,
-                                          enable_cpu_cache_flush=True) if cold_weights else None
+    evaluator = None
+    if cold_weights:
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0,
+                                              enable_cpu_cache_flush=True)
+    elif template:
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=5, min_repeat_ms=20)
     return (ms.builder.LocalBuilder(timeout_sec=300, f_build=_build_candidate),
             ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator))
 
@@ -350,14 +362,16 @@ def _kernel_key(kernel, cold_weights: bool = False) -> str:
     return f"{key} cold" if cold_weights else key
 
 
-def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
+def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
                        log: Callable[[str], None], cold_weights: bool = False) -> list:
-    """Measure the template schedules of every convolution kernel in ``tasks``, commit them
-    to the database in ``db`` and note the fastest in ``searched`` (which also lists what
-    was measured before: only new candidates are). All candidates are built and run as one
-    batch (each batch starts its own builder and runner processes). ``cold_weights``: see
-    :func:`_measurers` (noted in ``searched`` apart from warm measurements). Returns the
-    tasks the templates do not cover."""
+    """Measure the template schedules (:mod:`.schedules`: convolutions, pooling windows,
+    channel concatenations) of every kernel in ``tasks`` they cover, commit them to the
+    database in ``db`` and note the fastest in ``searched`` (which also lists what was
+    measured before: only new candidates are). All candidates are built as one batch and
+    run in :data:`MEASURING_PASSES` passes over it (each batch starts its own builder and
+    runner processes); a candidate's time is its fastest run, and so is its database
+    record's. ``cold_weights``: see :func:`_measurers` (noted in ``searched`` apart from
+    warm measurements). Returns the tasks the templates do not cover."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
@@ -368,7 +382,7 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
     measured, pending = set(), []  # keys measured now; (key, workload, config, sch, args)
     for task in tasks:
         mod = task.dispatched[0]
-        configs = schedules.candidates(mod["main"], lanes, registers, CONV_CANDIDATES)
+        configs = schedules.candidates(mod["main"], lanes, registers, TEMPLATE_CANDIDATES)
         key = _kernel_key(mod, cold_weights) if configs else None
         keys.append(key)
         if key is None:
@@ -381,20 +395,24 @@ def _tune_convolutions(tasks, tvm_target, db: Path, searched: dict,
             pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
             entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
     if pending:
-        builder, runner = _measurers(cold_weights)
+        builder, runner = _measurers(cold_weights, template=True)
         built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
                                for *_, sch, _ in pending])
         ok = [(*p, b) for p, b in zip(pending, built) if b.error_msg is None]
-        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args_info)
-                              for *_, args_info, b in ok])
-        for (key, workload, config, sch, args_info, _), future in zip(ok, futures):
-            result = future.result()
-            if result.error_msg is not None or not result.run_secs:
+        fastest = [float("inf")] * len(ok)
+        for _ in range(MEASURING_PASSES):
+            futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args_info)
+                                  for *_, args_info, b in ok])
+            for i, future in enumerate(futures):
+                result = future.result()
+                if result.error_msg is None and result.run_secs:
+                    fastest[i] = min(fastest[i], *(float(s) for s in result.run_secs))
+        for (key, workload, config, sch, args_info, _), secs in zip(ok, fastest):
+            if secs == float("inf"):
                 continue
-            secs = [float(s) for s in result.run_secs]
             database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, secs, tvm_target, args_info))
-            t = round(sum(secs) / len(secs) * 1e3, 4)
+                sch.trace, workload, [secs], tvm_target, args_info))
+            t = round(secs * 1e3, 4)
             entry = searched[key]
             if "ms" not in entry or t < entry["ms"]:
                 entry.update(schedule=str(config), ms=t)
@@ -435,19 +453,19 @@ def _run_tuning(mod, tvm_target, db: Path, trials: int, done: int, searched: dic
                 log: Callable[[str], None] = lambda msg: None) -> None:
     """Tune ``mod``'s kernels into the database in ``db``.
 
-    Convolutions get the register-tiled template schedules of :mod:`.schedules`, each
-    candidate measured (once per database: ``searched`` records them). The other kernels
-    get ``trials`` more MetaSchedule trials (``done`` were spent before) in two rounds:
-    every kernel a few trials first (a schedule that uses all cores and the vector units
-    is most of the gain for the cheap ones), then the gradient task scheduler gives the
-    rest to the matmuls. The evolutionary search is sized down (population 256, 2 genetic
-    rounds): on a small build machine the search, not the measurement, is what a trial
-    costs.
+    Convolutions, pooling windows and concatenations get the template schedules of
+    :mod:`.schedules`, each candidate measured (once per database: ``searched`` records
+    them). The other kernels get ``trials`` more MetaSchedule trials (``done`` were spent
+    before) in two rounds: every kernel a few trials first (a schedule that uses all cores
+    and the vector units is most of the gain for the cheap ones), then the gradient task
+    scheduler gives the rest to the matmuls. The evolutionary search is sized down
+    (population 256, 2 genetic rounds): on a small build machine the search, not the
+    measurement, is what a trial costs.
     """
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    rest = _tune_convolutions(tasks, tvm_target, db, searched, log)
+    rest = _measure_templates(tasks, tvm_target, db, searched, log)
     if not trials or not rest:
         return
 
@@ -575,16 +593,130 @@ def _unlower_min_max(mod):
     return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
 
 
+def _split_concatenations(mod):
+    """Read channel concatenations in their parts instead of copying them together.
+
+    A pooling window over concatenated channels is the concatenation of the pooled parts,
+    and a convolution over them is the sum of convolutions over the parts, each with its
+    slice of the weights (sliced at compile time). SqueezeNet concatenates the two expand
+    convolutions of each fire module and feeds the result to the next squeeze convolution
+    (a max pool in between): read in parts, the concatenation (up to 55x55x128 floats,
+    copied and read again) is never written, and the second convolution only adds a small
+    partial sum (16 to 64 channels) to the first one's epilogue.
+
+    Only where every reader of the concatenation (NHWC) can read it in parts: a pooling
+    window whose own readers can, or a convolution to fewer channels than the
+    concatenation has (each part's convolution after the first writes and reads a partial
+    sum as large as the output: SqueezeNet's classifier, 512 to 1000 channels, keeps its
+    concatenation).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    concat, conv2d = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.nn.conv2d")
+    pools = {tvm.ir.Op.get(f"relax.nn.{k}"): getattr(relax.op.nn, k)
+             for k in ("max_pool2d", "avg_pool2d")}
+
+    def channel_concat(value) -> bool:
+        return isinstance(value, relax.Call) and value.op == concat \
+            and int(value.attrs.axis) in (3, -1) and isinstance(value.args[0], relax.Tuple) \
+            and all(len(f.ty.shape) == 4 for f in value.args[0].fields)
+
+    def plan(func) -> set:
+        """The bindings (vars) of ``func`` to compute from concatenated parts."""
+        bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+        readers: dict = {}
+        for var, value in bound.items():
+            for used in relax.analysis.free_vars(value):
+                readers.setdefault(used, []).append(var)
+        for used in relax.analysis.free_vars(func.body.body):
+            readers.setdefault(used, []).append(None)  # the function's result
+
+        def in_parts(var, channels) -> bool:
+            value = bound[var]
+            if value.op in pools:
+                return (value.attrs.layout, value.attrs.out_layout) == ("NHWC", "NHWC") \
+                    and whole(var, channels)
+            return value.op == conv2d and int(value.attrs.groups) == 1 \
+                and (value.attrs.data_layout, value.attrs.kernel_layout) == ("NHWC", "OHWI") \
+                and int(value.args[1].ty.shape[0]) < channels
+
+        def whole(var, channels) -> bool:  # every reader of ``var`` can read it in parts
+            users = readers.get(var, [])
+            return bool(users) and all(
+                isinstance(bound.get(u), relax.Call) and bound[u].args[0].same_as(var)
+                and in_parts(u, channels) for u in users)
+
+        split = set()
+
+        def mark(var):
+            for user in readers[var]:
+                split.add(user)
+                if bound[user].op in pools:
+                    mark(user)
+
+        for var, value in bound.items():
+            if channel_concat(value) and whole(var, int(var.ty.shape[3])):
+                mark(var)
+        return split
+
+    @mutator
+    class Split(PyExprMutator):
+        def __init__(self, mod, split):
+            super().__init__(mod)
+            self.split = split
+
+        def parts(self, var) -> list:
+            value = self.lookup_binding(var)
+            return list(value.args[0].fields)
+
+        def visit_var_binding_(self, binding):
+            if binding.var not in self.split:
+                super().visit_var_binding_(binding)
+                return
+            call = self.visit_expr(binding.value)
+            parts, a = self.parts(call.args[0]), call.attrs
+            if call.op in pools:
+                new = relax.op.concat([self.builder_.emit(pools[call.op](
+                    p, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
+                    *([a.count_include_pad] if call.op.name.endswith("avg_pool2d") else []),
+                    layout="NHWC")) for p in parts], axis=3)
+            else:
+                start, new = 0, None
+                for p in parts:
+                    n = int(p.ty.shape[3])
+                    w = self.builder_.emit(relax.op.strided_slice(
+                        call.args[1], axes=[3], begin=[start], end=[start + n]))
+                    start += n
+                    y = relax.op.nn.conv2d(
+                        p, w, strides=a.strides, padding=a.padding, dilation=a.dilation,
+                        data_layout="NHWC", kernel_layout="OHWI", out_layout="NHWC",
+                        out_dtype=a.out_dtype if str(a.out_dtype) else None)
+                    new = y if new is None else relax.op.add(
+                        self.builder_.emit(new), self.builder_.emit(y))
+            emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) \
+                else self.builder_.emit_output
+            self.set_var_remap(binding.var, emit(new))
+
+    funcs = {}
+    for gv, f in mod.functions.items():
+        split = plan(f) if isinstance(f, relax.Function) else None
+        funcs[gv] = Split(mod, split).visit_expr(f) if split else f
+    return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
+
+
 def _channels_last(mod, tvm_target):
-    """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion and
-    convolutions in channels-last layout with whole vectors of output channels."""
+    """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion,
+    convolutions in channels-last layout with whole vectors of output channels, and
+    channel concatenations read in parts."""
     from tvm.relax import transform as T
 
     from . import schedules
 
     with tvm_target:
         mod = _unlower_min_max(_fold_batch_norm(mod))
-        mod = T.ConvertLayout(CPU_CONV_LAYOUT)(mod)
+        mod = _split_concatenations(T.ConvertLayout(CPU_CONV_LAYOUT)(mod))
         return _pad_output_channels(mod, schedules.vector_config(tvm_target)[0])
 
 
@@ -669,7 +801,7 @@ def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dic
             ways[sig, m] = ms.relax_integration.extract_tasks(kernels, tvm_target)
     if not ways:
         return
-    rest = _tune_convolutions([t for tasks in ways.values() for t in tasks], tvm_target, db,
+    rest = _measure_templates([t for tasks in ways.values() for t in tasks], tvm_target, db,
                               searched, lambda msg: None, cold_weights=True)
     times = {}
     for (sig, m), tasks in ways.items():
@@ -718,9 +850,10 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
 
 def _apply_database(mod, params: list, tvm_target, database=None):
     """The kernels of :func:`_tuning_module`'s ``mod`` scheduled by the records in
-    ``database`` (if any); convolution kernels it has no record of get their most promising
-    template schedule (:func:`.schedules.candidates`, first), unmeasured. Weight layout
-    rewrites are computed here. Returns (module to build, weights)."""
+    ``database`` (if any); template kernels (convolutions, pooling windows,
+    concatenations) it has no record of get their most promising template schedule
+    (:func:`.schedules.candidates`, first), unmeasured. Weight layout rewrites are computed
+    here. Returns (module to build, weights)."""
     import tvm
     from tvm.relax import transform as T
     from tvm.s_tir import meta_schedule as ms
@@ -753,11 +886,11 @@ def _apply_database(mod, params: list, tvm_target, database=None):
 
 def _untuned(mod, params: list, tvm_target):
     """An untuned CPU build: 3x3 convolutions use Winograd where
-    :func:`.winograd.default_tile` expects it to pay and each convolution gets its most
-    promising template schedule, unmeasured (:func:`_apply_database`), so a model compiled
-    for a device nobody tuned on (a cross compile) still runs register-tiled, vectorized
-    convolutions; the other kernels keep TVM's default schedules. Returns (module to
-    build, weights)."""
+    :func:`.winograd.default_tile` expects it to pay and each convolution, pooling window
+    and concatenation gets its most promising template schedule, unmeasured
+    (:func:`_apply_database`), so a model compiled for a device nobody tuned on (a cross
+    compile) still runs register-tiled, vectorized convolutions; the other kernels keep
+    TVM's default schedules. Returns (module to build, weights)."""
     from . import schedules, winograd
 
     lanes = schedules.vector_config(tvm_target)[0]
@@ -801,7 +934,7 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     db.mkdir(parents=True, exist_ok=True)
     marker = db / TUNING_MARKER
     state = read_tuning_marker(db)
-    done, searched, tiles = state["trials"], state["convolutions"], state["winograd"]
+    done, searched, tiles = state["trials"], state["templates"], state["winograd"]
     key = _tuning_key(mod, target_spec)
     trials = max(0, tune_trials - done.get(key, 0))
     if done.get(key) and not trials:
@@ -838,12 +971,13 @@ def _measuring_threads(cores: int):
 
 def read_tuning_marker(db: Path) -> dict:
     """What tuning spent in ``db``: ``{"trials": {model key: MetaSchedule trials},
-    "convolutions": {kernel hash: the template schedule chosen},
+    "templates": {kernel hash: the template schedule chosen},
     "winograd": {3x3 convolution shape: Winograd tile size chosen, 0 for direct}}``."""
     marker = Path(db) / TUNING_MARKER
     state = json.loads(marker.read_text()) if marker.exists() else {}
     return {"trials": dict(state.get("trials", {})),
-            "convolutions": dict(state.get("convolutions", {})),
+            # "convolutions": what databases tuned before pooling had templates named it
+            "templates": dict(state.get("templates", state.get("convolutions", {}))),
             "winograd": dict(state.get("winograd", {}))}
 
 
@@ -881,10 +1015,11 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
     tune_trials:
         Tuning for CPU targets of this machine's architecture: more than 0 measures
         each 3x3 stride-1 convolution shape direct and by Winograd (:mod:`.winograd`),
-        each convolution's template schedules (about 12 each, see :mod:`.schedules`), and
-        gives the other kernels this many MetaSchedule trials in all. 0 compiles
-        untuned (each convolution gets its most promising template, unmeasured), unless
-        ``tuning_db`` holds records, which are then applied.
+        each convolution's template schedules (about 12 each, see :mod:`.schedules`),
+        each pooling window's and concatenation's, and gives the other kernels this many
+        MetaSchedule trials in all. 0 compiles untuned (each of those kernels gets its
+        most promising template, unmeasured), unless ``tuning_db`` holds records, which
+        are then applied.
     tuning_db:
         A folder for the tuning database; later compiles of the same model and
         target reuse it instead of tuning again.

@@ -15,6 +15,11 @@ convolution find a schedule, where the generic search needs hundreds.
 kernel is not a float convolution this schedule fits); :func:`apply` schedules it. The
 compiler measures the candidates and stores the fastest as an ordinary MetaSchedule tuning
 record, so compiling applies it like any other.
+
+Channels-last pooling windows and channel concatenations get a template too
+(:class:`PoolConfig`, :class:`ConcatConfig`): the few trials MetaSchedule's search gives
+such cheap kernels leave them scalar, or worse (a pooling window rfactored into a
+temporary), at up to three times the time of a vectorized loop.
 """
 
 from __future__ import annotations
@@ -77,6 +82,82 @@ def conv_shape(func) -> Optional[ConvShape]:
     return ConvShape(conv.name_hint, ext[2], ext[3], (ext[4], ext[5], ext[6]), padded)
 
 
+@dataclass(frozen=True)
+class PoolConfig:
+    """The schedule of a channels-last pooling kernel: parallel over output rows, each
+    output column's window reduced into one vector of channels at a time."""
+
+    lanes: int
+
+    def __str__(self) -> str:
+        return f"pool ({self.lanes} lanes)"
+
+
+#: A pooling block iterates (n, y, x, c) and reduces (ky, kx).
+_POOL_ITERS = [_SPATIAL] * 4 + [_REDUCE] * 2
+
+
+def _pool_block(func) -> Optional[str]:
+    """The name of ``func``'s float32 NHWC pooling-window block, or None when ``func`` is
+    something else (global pooling is a ``mean``, not a window)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    pools = [b for b in blocks if b.name_hint in ("pool_max", "pool_sum")]
+    if len(pools) != 1:
+        return None
+    pool = pools[0]
+    if [int(iv.iter_type) for iv in pool.iter_vars] != _POOL_ITERS \
+            or pool.writes[0].source.dtype != "float32":
+        return None
+    channel = pool.iter_vars[3].var
+    # Channels last: every buffer the window reads is indexed by the channel last.
+    if not all(r.region[-1].min.same_as(channel) for r in pool.reads):
+        return None
+    return pool.name_hint
+
+
+@dataclass(frozen=True)
+class ConcatConfig:
+    """The schedule of a concatenation along channels (the last axis): parallel over rows,
+    the channel loop partitioned at the inputs' boundaries, so each part is a plain
+    vectorized copy of one input instead of a per-element choice between them."""
+
+    lanes: int
+    parts: tuple[int, ...]  #: the inputs' channels, in output order
+
+    def __str__(self) -> str:
+        return f"concat {'+'.join(map(str, self.parts))} ({self.lanes} lanes)"
+
+
+def _concat_parts(func) -> Optional[tuple[int, ...]]:
+    """The channels of each input of ``func``, a float32 concatenation along its last axis
+    in output order, or None when ``func`` is something else."""
+    from tvm import s_tir, sym, tirx
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    if len(blocks) != 1 or blocks[0].name_hint != "T_concat":
+        return None
+    block = blocks[0]
+    if any(int(iv.iter_type) != _SPATIAL for iv in block.iter_vars) \
+            or block.writes[0].source.dtype != "float32":
+        return None
+    channel = block.iter_vars[-1].var
+    analyzer = sym.Analyzer()
+    parts = []
+    for read in block.reads:
+        offset = analyzer.simplify(channel - read.region[-1].min)
+        if not isinstance(offset, tirx.IntImm):
+            return None  # not concatenated along the last axis
+        parts.append((int(offset), int(read.source.shape[-1])))
+    parts.sort()
+    if [o for o, _ in parts] != [sum(n for _, n in parts[:i]) for i in range(len(parts))]:
+        return None
+    return tuple(n for _, n in parts)
+
+
 def _divisors(n: int, lo: int, hi: int) -> list[int]:
     return [d for d in range(lo, min(n, hi) + 1) if n % d == 0]
 
@@ -111,12 +192,18 @@ def register_tiles(width: int, channels: int, lanes: int, registers: int,
 
 def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
     """Configurations worth measuring for ``func``, the most promising first: direct
-    convolutions get ConvConfigs, Winograd kernels (:mod:`.winograd`) theirs.
+    convolutions get ConvConfigs, Winograd kernels (:mod:`.winograd`) theirs, pooling
+    windows and channel concatenations their one.
 
     ``lanes``: float32 elements per vector register; ``registers``: vector registers.
     """
     from . import winograd
 
+    if _pool_block(func):
+        return [PoolConfig(lanes)]
+    parts = _concat_parts(func)
+    if parts:
+        return [ConcatConfig(lanes, parts)]
     shape = conv_shape(func)
     if shape is None:
         return winograd.candidates(func, lanes, registers, limit)
@@ -142,6 +229,12 @@ def apply(sch, config) -> None:
 
     if isinstance(config, winograd.WinogradConfig):
         winograd.apply(sch, config)
+        return
+    if isinstance(config, PoolConfig):
+        _apply_pool(sch, config)
+        return
+    if isinstance(config, ConcatConfig):
+        _apply_concat(sch, config)
         return
 
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -182,6 +275,46 @@ def apply(sch, config) -> None:
     # Pack the weights in the order the tile reads them (done once, at compile time).
     sch.enter_postproc()
     ms.postproc.RewriteLayout().apply(sch)
+
+
+def _apply_pool(sch, config: PoolConfig) -> None:
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index(_pool_block(sch.mod["main"]))
+    pool, before, after = blocks[at], blocks[:at], blocks[at + 1:]
+    for b in before:  # padding: tested in the loop, once per window position
+        sch.compute_inline(b)
+    n, y, x, c, ky, kx = sch.get_loops(pool)
+    co, ci = vector_split(sch, c, config.lanes)
+    sch.reorder(n, y, x, co, ky, kx, *([ci] if ci is not None else []))
+    rows = sch.fuse(n, y)
+    sch.parallel(rows)
+    sch.unroll(ky)
+    sch.unroll(kx)
+    if ci is not None:
+        sch.vectorize(ci)
+    sch.decompose_reduction(pool, ky)
+    for b in after:  # an average's division, per output column
+        sch.reverse_compute_at(b, x)
+        vectorize(sch, sch.get_loops(b)[-1], config.lanes)
+
+
+def _apply_concat(sch, config: ConcatConfig) -> None:
+    *outer, channels = sch.get_loops(sch.get_sblock("T_concat"))
+    sch.parallel(sch.fuse(*outer[:-1]) if len(outer) > 1 else outer[0])
+    step = next(v for v in (config.lanes, config.lanes // 2, 1)
+                if all(n % v == 0 for n in config.parts))
+    if step == 1:
+        return  # no vector fits every input: left to LLVM
+    vectors, lanes = sch.split(channels, [None, step])
+    if len(config.parts) == 1:
+        sch.vectorize(lanes)
+        return
+    # One loop per input: each part's block reads that input alone, and the choice
+    # between inputs, a vector condition that would keep the loop scalar, folds away.
+    for part in sch.loop_partition(vectors, [n // step for n in config.parts[:-1]] + [None]):
+        block, = sch.get_child_blocks(part)
+        sch.vectorize(sch.get_loops(block)[-1])
 
 
 def vector_split(sch, loop, lanes: int):

@@ -47,6 +47,60 @@ def test_matches_onnxruntime(name, tmp_path, rng):
                                    rtol=1e-4)
 
 
+def fire_model():
+    """Fire modules (a squeeze convolution, two expand convolutions concatenated): one read
+    by the next squeeze convolution, one through a max pool, one by a convolution to more
+    channels (a classifier), one also by an elementwise op."""
+    g = zoo.GraphBuilder("fires", seed=6)
+
+    def fire(x, cin, squeeze, expand):
+        s = g.relu(g.conv(x, cin, squeeze, 1))
+        return g.concat([g.relu(g.conv(s, squeeze, expand, 1)),
+                         g.relu(g.conv(s, squeeze, expand, 3))])
+
+    x = fire(g.relu(g.conv("input", 3, 16, 3)), 16, 8, 16)
+    x = g.maxpool(fire(x, 32, 8, 16), 3, 2)
+    x = fire(x, 32, 16, 32)
+    x = g.add(fire(x, 64, 16, 32), x)
+    return g.model([1, 3, 16, 16], g.conv(x, 64, 100, 1), [1, 100, 7, 7])
+
+
+def test_concatenations_are_read_in_parts_and_match_onnxruntime(tmp_path, rng):
+    import tvm
+    from tvm import relax
+
+    from neo_edge_runtime import compiler
+    from neo_edge_runtime.targets import resolve
+
+    path = tmp_path / "fires.onnx"
+    onnx.save(fire_model(), path)
+    mod, _, _ = compiler._import(path, "ONNX", None, None)
+    mod, _ = relax.frontend.detach_params(mod)
+    target = tvm.target.Target(compiler._tvm_target(resolve("host")))
+    ops = [c.op.name for c in _calls(compiler._channels_last(mod, target)["main"])
+           if isinstance(c.op, tvm.ir.Op)]
+    # Fire 1 feeds a squeeze convolution, fire 2 a max pool (pooled in halves) and then a
+    # squeeze convolution: read in parts. Fire 3 is also read by an add, and fire 4 by
+    # the add alone: both stay whole.
+    assert ops.count("relax.concat") == 2
+    assert ops.count("relax.nn.max_pool2d") == 2
+    assert ops.count("relax.nn.conv2d") == 14 + 2
+
+    model = EdgeModel.load(compile_model(path, "host", tmp_path / "art"))
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x)["output"], ort_run(path, x), atol=1e-5,
+                               rtol=1e-5)
+
+
+def _calls(func) -> list:
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        func, lambda e: found.append(e) if isinstance(e, relax.Call) else None)
+    return found
+
+
 def test_manifest_records_what_was_compiled(host_artifact, ops_onnx):
     m = json.loads((host_artifact / MANIFEST).read_text())
     assert m["format_version"] == 1

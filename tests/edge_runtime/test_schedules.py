@@ -106,15 +106,76 @@ def test_every_candidate_computes_the_same_as_the_unscheduled_kernel(tasks):
     assert checked >= 4 * 2
 
 
+def pool_concat_model():
+    """Channels-last pooling windows and concatenations, with convolutions around them so
+    they run channels-last: a padded strided max pool over whole 16-lane vectors of
+    channels, a fire module (two expand convolutions concatenated: 16 + 16 channels) read
+    by a convolution to more channels, an average pool over 40 channels (8-lane vectors),
+    a concatenation of 6 + 10 channels (no whole vectors), again read by a convolution to
+    more channels, and a max pool over 6 (scalar). The concatenations are copied: their
+    readers cannot read them in parts (``compiler._split_concatenations``)."""
+    g = zoo.GraphBuilder("pools", seed=5)
+    x = g.maxpool(g.relu(g.conv("input", 3, 32, 3)), 3, 2, pad=1)
+    x = g.concat([g.relu(g.conv(x, 32, 16, 1)), g.relu(g.conv(x, 32, 16, 3))])
+    x = g.avgpool(g.relu(g.conv(x, 32, 40, 1)), 2, 2)
+    x = g.concat([g.conv(x, 40, 6, 1), g.conv(x, 40, 10, 1)])
+    x = g.relu(g.conv(x, 16, 24, 1))
+    x = g.maxpool(g.relu(g.conv(x, 24, 6, 1)), 3, 1)
+    return g.model([1, 3, 18, 18], g.conv(x, 6, 16, 1), [1, 16, 2, 2])
+
+
+def test_pools_and_concatenations_get_vectorized_templates_that_compute_the_same(
+        tmp_path, rng):
+    from tvm import relax, s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    path = tmp_path / "pools.onnx"
+    onnx.save(pool_concat_model(), path)
+    mod, _, _ = compiler._import(path, "ONNX", None, None)
+    mod, params = relax.frontend.detach_params(mod)
+    target = tvm.target.Target({**compiler._tvm_target(resolve("host")), "num-cores": 2})
+    mod, _ = compiler._tuning_module(mod, list(params["main"]), target, lambda sig: 0)
+    lanes, registers = schedules.vector_config(target)
+    vectorized = []
+    for t in ms.relax_integration.extract_tasks(mod, target):
+        kernel = t.dispatched[0]
+        configs = schedules.candidates(kernel["main"], lanes, registers)
+        kinds = {type(c) for c in configs}
+        if "pool" in t.task_name:
+            assert configs == [schedules.PoolConfig(lanes)], t.task_name
+        elif "concat" in t.task_name:
+            assert kinds == {schedules.ConcatConfig}, t.task_name
+        else:
+            assert not kinds & {schedules.PoolConfig, schedules.ConcatConfig}, t.task_name
+            continue
+        args = [np.asarray(rng.standard_normal([int(d) for d in a.shape]), dtype=a.dtype)
+                for a in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
+        sch = s_tir.Schedule(kernel)
+        schedules.apply(sch, configs[0])
+        np.testing.assert_array_equal(_run(sch.mod, target, args), _run(kernel, target, args),
+                                      err_msg=t.task_name)
+        vectorized.append((str(configs[0]), "vectorized" in str(sch.mod)))
+    pool = f"pool ({lanes} lanes)"
+    assert sorted(vectorized) == [  # 6 channels, and 6 + 10: no whole vector
+        (f"concat 16+16 ({lanes} lanes)", True), (f"concat 6+10 ({lanes} lanes)", False),
+        (pool, False), (pool, True), (pool, True)]
+
+    x = rng.standard_normal((1, 3, 18, 18)).astype(np.float32)
+    art = compile_model(path, "host", tmp_path / "art")  # untuned: the templates, unmeasured
+    expected = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(EdgeModel.load(art).predict(x)["output"], expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tuning_measures_each_template_once_and_matches_onnxruntime(conv_onnx, tmp_path,
                                                                     monkeypatch, rng):
-    monkeypatch.setattr(compiler, "CONV_CANDIDATES", 2)
+    monkeypatch.setattr(compiler, "TEMPLATE_CANDIDATES", 2)
     db = tmp_path / "tuning"
     logs = []
     art = compile_model(conv_onnx, "host", tmp_path / "a1", tune_trials=4, tuning_db=db,
                         log=logs.append)
-    searched = compiler.read_tuning_marker(db)["convolutions"]
+    searched = compiler.read_tuning_marker(db)["templates"]
     assert len(searched) == 4
     for s in searched.values():
         assert s["ms"] > 0 and s["schedule"] in s["measured"] and len(s["measured"]) == 2
@@ -124,9 +185,9 @@ def test_tuning_measures_each_template_once_and_matches_onnxruntime(conv_onnx, t
 
     # More trials later, with a third candidate per kernel: MetaSchedule continues, and of
     # the templates only the new candidates are measured.
-    monkeypatch.setattr(compiler, "CONV_CANDIDATES", 3)
+    monkeypatch.setattr(compiler, "TEMPLATE_CANDIDATES", 3)
     compile_model(conv_onnx, "host", tmp_path / "a2", tune_trials=8, tuning_db=db)
-    again = compiler.read_tuning_marker(db)["convolutions"]
+    again = compiler.read_tuning_marker(db)["templates"]
     assert again.keys() == searched.keys()
     for key, s in again.items():
         assert set(searched[key]["measured"]) < set(s["measured"]) and len(s["measured"]) == 3

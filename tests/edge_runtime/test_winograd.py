@@ -131,7 +131,7 @@ def test_untuned_model_uses_winograd_and_matches_onnxruntime(residual_onnx, tmp_
 @pytest.mark.slow
 def test_tuning_measures_each_shape_three_ways_once(residual_onnx, tmp_path, monkeypatch,
                                                      rng):
-    monkeypatch.setattr(compiler, "CONV_CANDIDATES", 2)
+    monkeypatch.setattr(compiler, "TEMPLATE_CANDIDATES", 2)
     # Templates only: MetaSchedule's search for the other kernels is tested elsewhere.
     run_tuning = compiler._run_tuning
     monkeypatch.setattr(compiler, "_run_tuning", lambda mod, target, db, trials, *args:
