@@ -304,7 +304,11 @@ TEMPLATE_CANDIDATES = 12
 #: timed by its fastest run. A shared machine's neighbours slow a run down for seconds at
 #: a time (by up to 50% here) and never speed it up: one pass compares candidates measured
 #: in quiet and busy periods, and picked (for SqueezeNet's classifier) a tile 15% slower
-#: on two cores and 30% slower on one than the best.
+#: on two cores and 30% slower on one than the best. Each pass runs them on all cores and
+#: on one: a device may give a model fewer threads than it has cores (several models, or
+#: a component configured so), and the tile that is fastest on two cores can be 20%
+#: slower than the best on one. A candidate's time is the mean of its time on all cores
+#: and its time on one core divided by the cores.
 MEASURING_PASSES = 2
 
 
@@ -368,10 +372,11 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
     channel concatenations) of every kernel in ``tasks`` they cover, commit them to the
     database in ``db`` and note the fastest in ``searched`` (which also lists what was
     measured before: only new candidates are). All candidates are built as one batch and
-    run in :data:`MEASURING_PASSES` passes over it (each batch starts its own builder and
-    runner processes); a candidate's time is its fastest run, and so is its database
-    record's. ``cold_weights``: see :func:`_measurers` (noted in ``searched`` apart from
-    warm measurements). Returns the tasks the templates do not cover."""
+    run in :data:`MEASURING_PASSES` passes over it, on all of ``tvm_target``'s cores and on
+    one (each batch starts its own builder and runner processes); a candidate's time is
+    its fastest run, and so is its database record's. ``cold_weights``: see
+    :func:`_measurers` (noted in ``searched`` apart from warm measurements; all cores
+    only). Returns the tasks the templates do not cover."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
@@ -395,24 +400,33 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
             pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
             entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
     if pending:
-        builder, runner = _measurers(cold_weights, template=True)
+        builder, _ = _measurers(cold_weights, template=True)
         built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target)
                                for *_, sch, _ in pending])
         ok = [(*p, b) for p, b in zip(pending, built) if b.error_msg is None]
-        fastest = [float("inf")] * len(ok)
-        for _ in range(MEASURING_PASSES):
-            futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args_info)
-                                  for *_, args_info, b in ok])
-            for i, future in enumerate(futures):
-                result = future.result()
-                if result.error_msg is None and result.run_secs:
-                    fastest[i] = min(fastest[i], *(float(s) for s in result.run_secs))
-        for (key, workload, config, sch, args_info, _), secs in zip(ok, fastest):
-            if secs == float("inf"):
+        cores = int(tvm_target.attrs.get("num-cores") or 1)
+        threads = [cores, 1] if cores > 1 and not cold_weights else [cores]
+        fastest = {n: [float("inf")] * len(ok) for n in threads}
+        for n in threads:
+            with _measuring_threads(n):
+                builder, runner = _measurers(cold_weights, template=True)
+                for _ in range(MEASURING_PASSES):
+                    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", a)
+                                          for *_, a, b in ok])
+                    for i, future in enumerate(futures):
+                        result = future.result()
+                        if result.error_msg is None and result.run_secs:
+                            fastest[n][i] = min(fastest[n][i],
+                                                *(float(s) for s in result.run_secs))
+        for i, (key, workload, config, sch, args_info, _) in enumerate(ok):
+            # The record's times, whose mean ranks it: the time on all cores and the time
+            # on one core per core (equal for a kernel that scales perfectly).
+            secs = [fastest[n][i] / (n if n != cores else 1) for n in threads]
+            if float("inf") in secs:
                 continue
             database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, [secs], tvm_target, args_info))
-            t = round(secs * 1e3, 4)
+                sch.trace, workload, secs, tvm_target, args_info))
+            t = round(sum(secs) / len(secs) * 1e3, 4)
             entry = searched[key]
             if "ms" not in entry or t < entry["ms"]:
                 entry.update(schedule=str(config), ms=t)
