@@ -40,6 +40,16 @@ def host_artifact(ops_onnx, tmp_path_factory):
                          metadata={"labels": [str(k) for k in range(10)]})
 
 
+@pytest.fixture(autouse=True)
+def one_measuring_pass(monkeypatch):
+    """Tuning tests check what is measured and recorded, not how steady the timing is:
+    one pass over the template candidates (still on all cores and on one) instead of
+    the compiler's two."""
+    from neo_edge_runtime import compiler
+
+    monkeypatch.setattr(compiler, "MEASURING_PASSES", 1)
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)
