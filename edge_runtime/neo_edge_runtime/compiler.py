@@ -308,7 +308,7 @@ TEMPLATE_CANDIDATES = 12
 #: on one: a device may give a model fewer threads than it has cores (several models, or
 #: a component configured so), and the tile that is fastest on two cores can be 20%
 #: slower than the best on one. A candidate's time is the mean of its time on all cores
-#: and its time on one core divided by the cores.
+#: and its time on one (so the one-core time weighs more in the choice).
 MEASURING_PASSES = 2
 
 
@@ -409,7 +409,7 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
         fastest = {n: [float("inf")] * len(ok) for n in threads}
         for n in threads:
             with _measuring_threads(n):
-                builder, runner = _measurers(cold_weights, template=True)
+                _, runner = _measurers(cold_weights, template=True)
                 for _ in range(MEASURING_PASSES):
                     futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", a)
                                           for *_, a, b in ok])
@@ -419,9 +419,8 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
                             fastest[n][i] = min(fastest[n][i],
                                                 *(float(s) for s in result.run_secs))
         for i, (key, workload, config, sch, args_info, _) in enumerate(ok):
-            # The record's times, whose mean ranks it: the time on all cores and the time
-            # on one core per core (equal for a kernel that scales perfectly).
-            secs = [fastest[n][i] / (n if n != cores else 1) for n in threads]
+            # The record's times, whose mean ranks it: on all cores, and on one.
+            secs = [fastest[n][i] for n in threads]
             if float("inf") in secs:
                 continue
             database.commit_tuning_record(ms.database.TuningRecord(

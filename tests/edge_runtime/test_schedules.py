@@ -186,7 +186,7 @@ def test_tuning_measures_each_template_once_and_matches_onnxruntime(conv_onnx, t
     records = [json.loads(line)[1] for line in
                (db / "database_tuning_record.json").read_text().splitlines()]
     # Every measured candidate is recorded, with its time on all cores and, where there
-    # are several, its time on one core per core (MetaSchedule's records: one time).
+    # are several, its time on one core (MetaSchedule's records: one time).
     times = 2 if physical_cores() > 1 else 1
     assert sum(len(r[1]) == times for r in records) >= 4 * 2
 
