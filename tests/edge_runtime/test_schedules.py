@@ -80,6 +80,21 @@ def test_candidates_fit_the_registers_and_the_channels(tasks):
                                             else {"inline"})
 
 
+def test_candidates_alternate_register_filling_and_half_size_tiles():
+    # SqueezeNet's first layer: 64 channels over 112 columns, 16-lane vectors, 32 registers.
+    tiles = schedules.register_tiles(112, 64, 16, 32, depthwise=False)
+    mixed = schedules._both_sizes(tiles, 14)
+    assert sorted(mixed) == sorted(tiles)
+    large = [x * f // v > 14 for _, x, f, v in mixed]
+    assert large[:6] == [True, False] * 3
+    for kind in (True, False):  # each kind keeps its best-first order
+        assert [t for t, k in zip(mixed, large) if k == kind] == \
+            [t for t in tiles if (t[1] * t[2] // t[3] > 14) == kind]
+    # Only one kind: the order is register_tiles' own.
+    small = [t for t in tiles if t[1] * t[2] // t[3] <= 14]
+    assert schedules._both_sizes(small, 14) == small
+
+
 def _run(mod, target, args):
     lib = tvm.tirx.build(mod, target=target)
     out = [tvm.runtime.tensor(a) for a in args]
