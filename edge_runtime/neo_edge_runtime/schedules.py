@@ -198,7 +198,7 @@ def _both_sizes(tiles: list, half: int) -> list:
     layer's 3 input channels: 27 steps per tile) the tile's set-up and epilogue weigh
     more, and LLVM spills the larger tiles: SqueezeNet's first convolution ran 1.6 times
     slower with the best of the register-filling tiles than with a 12-accumulator one,
-    which the candidates then never reached."""
+    and when the candidates were the best-scored twelve, none was that small."""
     large = [t for t in tiles if t[1] * t[2] // t[3] > half]
     small = [t for t in tiles if t[1] * t[2] // t[3] <= half]
     mixed = [t for pair in zip(large, small) for t in pair]
