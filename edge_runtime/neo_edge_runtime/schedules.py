@@ -24,6 +24,7 @@ temporary), at up to three times the time of a vectorized loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -166,8 +167,8 @@ def register_tiles(width: int, channels: int, lanes: int, registers: int,
                    depthwise: bool) -> list[tuple[float, int, int, int]]:
     """(score, x_block, f_block, vector width) of the register tiles that fit an output of
     ``width`` columns by ``channels`` channels, the most promising first."""
-    vector = lanes if channels % lanes == 0 else lanes // 2
-    if vector < 2 or channels % vector:
+    vector = vector_width(channels, lanes)
+    if vector == 1:
         return []
     budget = registers - _SPARE_REGISTERS
     f_blocks = [f for f in _divisors(channels, vector, 4 * lanes) if f % vector == 0]
@@ -317,8 +318,7 @@ def _apply_pool(sch, config: PoolConfig) -> None:
 def _apply_concat(sch, config: ConcatConfig) -> None:
     *outer, channels = sch.get_loops(sch.get_sblock("T_concat"))
     sch.parallel(sch.fuse(*outer[:-1]) if len(outer) > 1 else outer[0])
-    step = next(v for v in (config.lanes, config.lanes // 2, 1)
-                if all(n % v == 0 for n in config.parts))
+    step = vector_width(math.gcd(*config.parts), config.lanes)
     if step == 1:
         return  # no vector fits every input: left to LLVM
     vectors, lanes = sch.split(channels, [None, step])
@@ -332,11 +332,17 @@ def _apply_concat(sch, config: ConcatConfig) -> None:
         sch.vectorize(sch.get_loops(block)[-1])
 
 
+def vector_width(n: int, lanes: int) -> int:
+    """Elements per vector for ``n`` channels: ``lanes``, or half as many where ``lanes``
+    does not divide ``n``; 1 (scalar) where neither does."""
+    return next(v for v in (lanes, lanes // 2, 1) if n % v == 0)
+
+
 def vector_split(sch, loop, lanes: int):
-    """``loop`` split for vectors of ``lanes`` elements, or of half as many where ``lanes``
-    does not divide it: (outer, inner), inner None where neither divides it."""
+    """``loop`` split for vectors of :func:`vector_width` elements: (outer, inner), inner
+    None where no vector fits."""
     extent = int(sch.get(loop).extent)
-    step = next(v for v in (lanes, lanes // 2, 1) if extent % v == 0)
+    step = vector_width(extent, lanes)
     if step == 1:
         return loop, None
     return sch.split(loop, [None, step])
