@@ -44,8 +44,9 @@ test: setup
 BUNDLES := build/bundle/neo-edge-runtime-x86_64.zip build/bundle/neo-edge-runtime-aarch64.zip
 bundle: $(BUNDLES)
 
-$(BUNDLES) &: .venv/.installed .apt-installed $(wildcard edge_runtime/neo_edge_runtime/*.py) lambda/edge_inference/edge_inference.py
-	$(PY) -m neo_edge_runtime.bundle --arch x86_64 --arch aarch64
+$(BUNDLES) &: .venv/.installed .apt-installed $(wildcard edge_runtime/neo_edge_runtime/*.py) \
+		edge_runtime/neo_edge_runtime/compile/bundle.py lambda/edge_inference/edge_inference.py
+	$(PY) -m neo_edge_runtime.compile.bundle --arch x86_64 --arch aarch64
 
 # An aarch64 sysroot (Debian arm64 packages through a private apt configuration, the aarch64
 # numpy wheel) in which qemu-user runs the aarch64 bundle: tests/edge_runtime/test_qemu_aarch64.py.

@@ -48,24 +48,26 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 def placeholder_bundle(dest: Path) -> Path:
     """Write a device bundle zip of the runtime sources to ``dest``; return ``dest``.
 
-    The zip holds ``neo_edge_runtime/`` (from ``edge_runtime/``) and
-    ``edge_inference.py`` (from ``lambda/edge_inference/``) at its root, sorted, with
-    fixed timestamps and permissions, so the bytes depend on the sources only. It has
-    no TVM runtime library: enough to synthesize and inspect, not to run a model on a
-    device (``make bundle`` builds the real ones).
+    The zip holds ``neo_edge_runtime/`` (the files a real bundle takes from the package:
+    all but the build side, ``neo_edge_runtime.compile``) and ``edge_inference.py`` (from
+    ``lambda/edge_inference/``) at its root, sorted, with fixed timestamps and
+    permissions, so the bytes depend on the sources only. It has no TVM runtime library:
+    enough to synthesize and inspect, not to run a model on a device (``make bundle``
+    builds the real ones).
     """
-    files = [(f"neo_edge_runtime/{p.relative_to(ROOT / 'edge_runtime' / 'neo_edge_runtime').as_posix()}", p)
-             for p in (ROOT / "edge_runtime" / "neo_edge_runtime").rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
-    files.append(("edge_inference.py", ROOT / "lambda" / "edge_inference" / "edge_inference.py"))
+    from neo_edge_runtime.compile.bundle import package_files
+
+    files = package_files()
+    handler = ROOT / "lambda" / "edge_inference" / "edge_inference.py"
+    files["edge_inference.py"] = handler.read_bytes()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, path in sorted(files):
+        for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
+            archive.writestr(info, files[name])
     if dest.exists() and dest.read_bytes() == tmp.read_bytes():
         tmp.unlink()
     else:

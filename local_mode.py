@@ -13,7 +13,7 @@ code the cloud path uses:
    names), for this host and cross-compiled for an ARM device (``rasp4b``), the label
    names and the image preprocessing in the artifact's metadata;
 3. **package**: one Greengrass V2 component per model, its recipe from
-   ``neo_edge_runtime.recipe.inference_recipe`` (what ``EdgeInferenceComponent``
+   ``neo_edge_runtime.compile.recipe.inference_recipe`` (what ``EdgeInferenceComponent``
    uses), one manifest per platform, laid out as ``greengrass-cli deployment create
    --recipeDir <component>/recipes --artifactDir <component>/artifacts`` takes it, and
    checked against the GDK's recipe schema when ``../shared/schemas`` has it;
@@ -227,7 +227,7 @@ def device_target() -> str:
 
 
 def compile_models(workdir: Path, trained: dict, targets: list[str], rep: Reporter) -> dict:
-    from neo_edge_runtime.compiler import compile_model
+    from neo_edge_runtime.compile.compiler import compile_model
 
     info = trained["info"]
     out: dict = {}
@@ -311,7 +311,7 @@ def device_platform() -> dict:
 def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
             bundles: dict[str, Path], rep: Reporter) -> dict:
     """One component per model: artifacts and a recipe from the construct's recipe builder."""
-    from neo_edge_runtime import recipe as gg
+    from neo_edge_runtime.compile import recipe as gg
     from neo_edge_runtime.targets import resolve
 
     root = workdir / "component"
@@ -319,7 +319,7 @@ def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
     staging = workdir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     # Device bundles, zipped once per architecture.
-    from neo_edge_runtime.bundle import build_bundle
+    from neo_edge_runtime.compile.bundle import build_bundle
 
     bundle_zips: dict[str, Path] = {}
     for arch in sorted({resolve(t).arch for t in targets}):
@@ -327,7 +327,7 @@ def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
         if source is None:
             # What make bundle builds (the same function, the same bytes): the TVM runtime
             # library and FFI from this architecture's wheels of the pinned versions.
-            source = build_bundle(arch, BUILT_BUNDLES)
+            source = build_bundle(arch, BUILT_BUNDLES, cache=REPO / "build" / "wheels")
         elif source.is_dir():
             source = _zip_folder(source, staging / f"runtime-{arch}.zip")
         rep.detail(f"device bundle {arch}: {source.stat().st_size / 1e6:.1f} MB ({source.name})")
@@ -664,7 +664,7 @@ def _ort_latency(onnx_path: Path, inputs: list, threads: int, repeats: int) -> t
     """ONNX Runtime on the same inputs and threads: per-call latency and outputs."""
     import numpy as np
 
-    from neo_edge_runtime.bench import ort_session
+    from neo_edge_runtime.compile.bench import ort_session
 
     sess = ort_session(str(onnx_path), threads)
     name = sess.get_inputs()[0].name
@@ -710,7 +710,7 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
             requests = [{"request_id": f"test-{i:05d}", "data": row.tolist()}
                         for i, row in enumerate(x_test)]
             ort_inputs = [row.reshape(1, -1).astype(np.float32) for row in x_test]
-            from neo_edge_runtime.xgboost_onnx import load_xgboost_json, xgboost_to_onnx
+            from neo_edge_runtime.compile.xgboost_onnx import load_xgboost_json, xgboost_to_onnx
 
             onnx_path = workdir / "model" / "xgboost-lowered.onnx"
             onnx_path.write_bytes(xgboost_to_onnx(load_xgboost_json(

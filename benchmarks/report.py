@@ -70,9 +70,9 @@ def markdown(results: dict) -> str:
         lines.append(
             "\nCNNs behind ORT: " + ", ".join(f"{n} (up to {r:.2f}x)" for n, r in behind.items())
             + ". Their convolutions run the register-tiled template schedules "
-            "(`neo_edge_runtime.schedules`), the fastest of about 12 measured per kernel, "
+            "(`neo_edge_runtime.compile.schedules`), the fastest of about 12 measured per kernel, "
             "3x3 ones Winograd's algorithm where it measured faster "
-            "(`neo_edge_runtime.winograd`); what remains is in those kernels and in the "
+            "(`neo_edge_runtime.compile.winograd`); what remains is in those kernels and in the "
             "time between them against ONNX Runtime's hand-written AVX-512 assembly "
             "(MLAS). Per-kernel times and schedules: "
             f"`benchmarks/tuning/<target>/<model>/neo_edge_tuning.json`.")

@@ -68,7 +68,7 @@ def build_model(name: str, out: Path) -> dict:
     ``source`` is what the compiler reads, ``onnx`` what ONNX Runtime runs (the same
     file, except for XGBoost: its ``.json`` and the ONNX lowering of it).
     """
-    from neo_edge_runtime import zoo
+    from neo_edge_runtime.compile import zoo
 
     if name == "xgboost":
         return _build_xgboost(out)
@@ -87,7 +87,7 @@ def _build_xgboost(out: Path) -> dict:
     import xgboost as xgb
     from sklearn.datasets import load_digits
 
-    from neo_edge_runtime.xgboost_onnx import load_xgboost_json, xgboost_to_onnx
+    from neo_edge_runtime.compile.xgboost_onnx import load_xgboost_json, xgboost_to_onnx
 
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)
@@ -131,7 +131,7 @@ def _stamp(files: list[Path], extra: str) -> str:
 
 def compile_one(name: str, src: dict, target: str, tune_trials: int, log) -> tuple[Path, dict]:
     """The artifact folder for ``name`` (recompiled only when an input changed)."""
-    from neo_edge_runtime import compiler
+    from neo_edge_runtime.compile import compiler
     from neo_edge_runtime.targets import host_arch, resolve
 
     tgt = resolve(target)
@@ -172,7 +172,7 @@ def device_bundle() -> Path:
     The TVM worker imports the runtime from it, so what is measured is what a device
     installs.
     """
-    from neo_edge_runtime.bundle import build_bundle
+    from neo_edge_runtime.compile.bundle import build_bundle
     from neo_edge_runtime.targets import host_arch
 
     zipped = build_bundle(host_arch(), BUILD / "bundle-zip")
@@ -317,7 +317,7 @@ def versions() -> dict:
 
 def install_sizes() -> dict:
     """The device bundle's unpacked size against the installed onnxruntime package's."""
-    from neo_edge_runtime import bundle
+    from neo_edge_runtime.compile import bundle
     from neo_edge_runtime.targets import host_arch
 
     sizes: dict = {"arch": host_arch()}

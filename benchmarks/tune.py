@@ -23,7 +23,7 @@ from .run import BUILD, CNNS, MODELS, build_model, tuning_dir
 
 
 def trials_done(db: Path) -> int:
-    from neo_edge_runtime.compiler import read_tuning_marker
+    from neo_edge_runtime.compile.compiler import read_tuning_marker
 
     return max(read_tuning_marker(db)["trials"].values(), default=0)
 

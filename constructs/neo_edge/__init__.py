@@ -12,8 +12,21 @@ or part by part: :class:`ModelArtifactBucket`, :class:`TrainingJob`,
 :class:`EdgeDeployment`, :class:`EdgeTelemetry` and :class:`RetrainPipeline`. Target and
 framework choices (:class:`TargetDevice`, :class:`Framework`, ...) are backed by the same
 table the local compiler uses (``neo_edge_runtime.targets``).
+
+Across stacks and apps: constructs take each other through the interfaces of
+:mod:`neo_edge.interfaces` (:class:`IEdgeFleet`, :class:`IEdgeComponent`, ...), so a
+construct of another stack can be passed as it is (CDK exports and imports what is
+needed), and one of another app is imported by name:
+``ModelArtifactBucket.from_bucket_name``, ``EdgeFleet.from_thing_group_name``,
+``EdgeInferenceComponent.from_component_version``, ``EdgeDeployment.from_deployment_id``,
+``RetrainPipeline.from_state_machine_arn``.
+
+The package re-exports every public class of its modules; helper functions and
+constants stay in their modules (``neo_edge.telemetry.METRICS_NAMESPACE``, ...).
 """
 
+from .interfaces import (ICompilationOutput, IEdgeComponent, IEdgeDeployment,  # noqa: F401
+                         IEdgeFleet, IModelArtifactBucket, IRetrainPipeline)
 from .storage import ModelArtifactBucket  # noqa: F401
 from .choices import AlgorithmImage  # noqa: F401
 from .choices import CompilerOptions  # noqa: F401
@@ -32,5 +45,21 @@ from .component import EdgeInferenceComponent, EdgeLambdaComponent  # noqa: F401
 from .deployment import AbortFailureType, ComponentUpdateAction, FailureHandling  # noqa: F401
 from .deployment import DeploymentComponent, EdgeDeployment  # noqa: F401
 from .telemetry import EdgeTelemetry  # noqa: F401
-from .retrain import RetrainPipeline  # noqa: F401
+from .retrain import RetrainPipeline, SageMakerJobStates  # noqa: F401
 from .pipeline import NeoEdgePipeline  # noqa: F401
+from .choices import TargetError  # noqa: F401
+
+__all__ = [
+    # interfaces
+    "ICompilationOutput", "IEdgeComponent", "IEdgeDeployment", "IEdgeFleet",
+    "IModelArtifactBucket", "IRetrainPipeline",
+    # constructs
+    "CloudInferenceEndpoint", "EdgeDeployment", "EdgeFleet", "EdgeInferenceComponent",
+    "EdgeLambdaComponent", "EdgeTelemetry", "ModelArtifactBucket", "NeoCompilationJob",
+    "NeoCompilationSet", "NeoEdgePipeline", "RetrainPipeline", "TrainingJob",
+    # choices and values
+    "AbortFailureType", "AlgorithmImage", "CompiledModel", "CompilerOptions",
+    "ComponentUpdateAction", "DeploymentComponent", "DeviceMount", "EventSource",
+    "FailureHandling", "Framework", "InstanceType", "IsolationMode", "NeoInferenceImage",
+    "SageMakerJobStates", "TargetDevice", "TargetError", "TargetPlatform", "VolumeMount",
+]

@@ -6,7 +6,9 @@ AwsSolutions cdk-nag pack:
 
 - the asset is bundled on this machine (``cdk.ILocalBundling``): the function folder,
   plus, when asked, the pure-Python ``neo_edge_runtime`` package and Powertools for AWS
-  Lambda copied from the installed ``.venv`` (nothing is downloaded, Docker is never run);
+  Lambda copied from where they are installed (nothing is downloaded, Docker is never run).
+  The function folders are package data of ``neo_edge`` (``neo_edge/_functions/<name>/``),
+  so an installed wheel bundles the same files as a checkout;
   the asset hash is the hash of that output, so a re-synth with nothing changed is
   byte-identical;
 - a role of its own with only an inline policy to write to the function's own log group
@@ -43,14 +45,12 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-#: The repository root: ``constructs/neo_edge/_lambda.py`` -> ``.``
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Where the Lambda asset folders live.
-LAMBDA_ROOT = REPO_ROOT / "lambda"
-#: The pure-Python runtime package a function may carry.
-RUNTIME_PACKAGE = REPO_ROOT / "edge_runtime" / "neo_edge_runtime"
+#: The Lambda asset folders, ``lambda/<name>/``, as the package ships them: package data of
+#: ``neo_edge`` in a wheel, a link to the repository's ``lambda/`` in a checkout.
+LAMBDA_ROOT = Path(__file__).resolve().parent / "_functions"
 
-#: The interpreter every handler is tested on (pyproject's requires-python).
+#: The interpreter every handler is tested on (the repository's set-up: requirements.lock on
+#: Python 3.11), whatever Python synthesizes the app.
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 
 #: Installed packages copied next to the handler when ``include_powertools`` is set:
@@ -66,7 +66,7 @@ def _installed_path(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None:
         raise ValueError(f"module {module!r} is not installed in this environment; "
-                         "run `make setup` to install the pinned packages")
+                         f"install neo-edge with its dependencies (pip install neo-edge)")
     if spec.submodule_search_locations:
         return Path(list(spec.submodule_search_locations)[0])
     return Path(spec.origin)
@@ -136,7 +136,7 @@ def function_code(name: str, *, include_runtime: bool = False,
                          f"lambda/{name}/{name}.py; got no such file")
     extra: list = []
     if include_runtime:
-        extra.append(RUNTIME_PACKAGE)
+        extra.append(_installed_path("neo_edge_runtime"))
     if include_powertools:
         extra.extend(_installed_path(m) for m in POWERTOOLS_MODULES)
     return lambda_.Code.from_asset(
@@ -246,7 +246,7 @@ def bundled_function(
     cdk.Validations.of(fn.node.default_child).acknowledge(cdk.Acknowledgment(
         id="AwsSolutions::AwsSolutions-L1",
         reason=f"the handler and its bundled packages are tested on Python 3.11, the "
-               f"interpreter the project pins (requires-python >=3.11,<3.12); running them "
+               f"interpreter of the project's pinned set-up (requirements.lock); running them "
                f"on a newer runtime than the one tested is the greater risk. The runtime "
                f"moves with the project's pin ({RUNTIME.name})"))
     return fn

@@ -20,6 +20,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from ._lambda import allow_redundant_depends_on, bundled_function
+from ._nag import as_seen_from
 
 #: The handler's limit for a job-name prefix (63 - 12 hash digits - 1 hyphen).
 MAX_PREFIX = 50
@@ -75,7 +76,7 @@ def nag_flatten(scope: Construct, value: object) -> str:
             if "Ref" in node:
                 return f"<{visit(node['Ref'])}>"
         return json.dumps(node, separators=(",", ":"))
-    return visit(cdk.Stack.of(scope).resolve(value))
+    return visit(cdk.Stack.of(scope).resolve(as_seen_from(scope, value)))
 
 
 def acknowledge_wildcards(scope: Construct, policy: Optional[Construct], resources: list,

@@ -27,8 +27,9 @@ from neo_edge_runtime import targets as _targets
 from neo_edge_runtime.errors import TargetError
 
 __all__ = [
-    "AlgorithmImage", "CompilerOptions", "Framework", "InstanceType", "NeoInferenceImage",
-    "TargetDevice", "TargetPlatform", "data_input_config",
+    "AlgorithmImage", "CompilerOptions", "Framework", "InstanceType", "NEO_INFERENCE_ACCOUNTS",
+    "NEO_INFERENCE_REPOSITORIES", "NeoInferenceImage", "Target", "TargetDevice", "TargetPlatform",
+    "XGBOOST_ACCOUNTS", "XGBOOST_VERSIONS", "as_instance_type", "as_target", "data_input_config",
 ]
 
 

@@ -17,15 +17,19 @@ from ._sagemaker_job import (RolePolicy, SageMakerJobProvider, check_runtime, gr
                              sagemaker_execution_role)
 from .choices import (CompilerOptions, Framework, TargetDevice, TargetPlatform, as_target,
                       data_input_config)
-from .storage import ModelArtifactBucket
+from .interfaces import IModelArtifactBucket
+from .storage import as_bucket
 from .training import TrainingJob
 
+__all__ = ["NeoCompilationJob", "NeoCompilationSet", "TargetLike"]
+
+#: A compilation target: a Neo target name, a ``TargetDevice`` or a ``TargetPlatform``.
 TargetLike = Union[str, TargetDevice, TargetPlatform]
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+)$")
 
 
-def _bucket_of(value: Union[s3.IBucket, ModelArtifactBucket]) -> s3.IBucket:
-    return value.bucket if isinstance(value, ModelArtifactBucket) else value
+def _bucket_of(value: Union[s3.IBucket, IModelArtifactBucket]) -> s3.IBucket:
+    return as_bucket(value)
 
 
 def _framework(value: Union[str, Framework]) -> Framework:
@@ -48,7 +52,9 @@ class NeoCompilationJob(Construct):
     Parameters
     ----------
     bucket:
-        Where the compiled model is written (an ``s3.IBucket`` or ``ModelArtifactBucket``).
+        Where the compiled model is written (an ``s3.IBucket`` or an
+        :class:`~neo_edge.interfaces.IModelArtifactBucket`, e.g.
+        ``ModelArtifactBucket.from_bucket_name(...)``).
     model:
         The model: a ``TrainingJob`` (its ``model.tar.gz``), a key in ``bucket``
         (``models/model.tar.gz``), or an ``s3://bucket/key`` URI (a literal).
@@ -71,7 +77,8 @@ class NeoCompilationJob(Construct):
     max_runtime:
         The job's stopping condition, at most 50 minutes. Default: 900 seconds.
     encryption_key:
-        Encrypts the compiled model. Default: the bucket's key (none: S3-managed).
+        Encrypts the compiled model: any ``kms.IKey``, including an imported one
+        (``kms.Key.from_key_arn(...)``). Default: the bucket's key (none: S3-managed).
     role:
         The role SageMaker assumes. Default: a role is created that reads the model,
         writes the output prefix and uses the key only.
@@ -81,7 +88,7 @@ class NeoCompilationJob(Construct):
 
     def __init__(
         self, scope: Construct, id: str, *,
-        bucket: Union[s3.IBucket, ModelArtifactBucket],
+        bucket: Union[s3.IBucket, IModelArtifactBucket],
         model: Union[TrainingJob, str],
         framework: Union[str, Framework],
         target: TargetLike,
@@ -223,7 +230,8 @@ class NeoCompilationSet(Construct):
     """
 
     def __init__(self, scope: Construct, id: str, *, targets: Sequence[TargetLike],
-                 compiler_options_per_target: Optional[Mapping[str, Any]] = None,
+                 compiler_options_per_target: Optional[
+                     Mapping[str, Union[CompilerOptions, Mapping[str, Any]]]] = None,
                  output_prefix: Optional[str] = None, role: Optional[iam.IRole] = None,
                  **props: Any) -> None:
         super().__init__(scope, id)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -42,10 +43,14 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_greengrassv2 as greengrassv2
 from constructs import Construct, IValidation
-from neo_edge_runtime import recipe as _recipe
+from neo_edge_runtime.compile import recipe as _recipe
 
-__all__ = ["DeploymentComponent", "EdgeDeployment", "FailureHandling", "ComponentUpdateAction",
-           "AbortFailureType"]
+from .interfaces import IEdgeComponent, IEdgeDeployment, IEdgeFleet
+
+__all__ = ["AbortFailureType", "ComponentUpdateAction", "DeploymentComponent", "EdgeDeployment",
+           "FailureHandling", "NUCLEUS"]
+
+_DEPLOYMENT_ID = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
 
 class FailureHandling:
@@ -90,13 +95,14 @@ class DeploymentComponent:
     posix_user: Optional[str] = None
     memory_kb: Optional[int] = None
     cpus: Optional[float] = None
-    construct: Any = field(default=None, compare=False)
+    construct: Optional[IEdgeComponent] = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, component: Any, *, merge: Optional[Mapping[str, Any]] = None,
+    def of(cls, component: IEdgeComponent, *, merge: Optional[Mapping[str, Any]] = None,
            reset: Sequence[str] = (), posix_user: Optional[str] = None,
            memory: Optional[cdk.Size] = None, cpus: Optional[float] = None) -> "DeploymentComponent":
-        """A component construct (anything with ``component_name`` and ``component_version``).
+        """A component: any :class:`~neo_edge.interfaces.IEdgeComponent` (a component
+        construct of this library, or what its ``from_component_version`` returns).
 
         ``merge`` is merged into the component's configuration on the devices;
         ``reset`` lists JSON pointers (``/threadCount``) reset to their defaults first;
@@ -157,12 +163,17 @@ class EdgeDeployment(Construct):
     Parameters
     ----------
     fleet:
-        The :class:`~neo_edge.fleet.EdgeFleet` (or any object with ``thing_group_arn``
-        and ``fleet_name``; ``token_exchange_role`` too for artifact grants).
+        Any :class:`~neo_edge.interfaces.IEdgeFleet`: an
+        :class:`~neo_edge.fleet.EdgeFleet` of this stack or another one, or
+        ``EdgeFleet.from_thing_group_name(...)``. Its ``thing_group_arn`` is the target;
+        its ``token_exchange_role``, when known, is allowed to read the components'
+        artifacts.
     components:
-        Component constructs (``EdgeInferenceComponent``, ``EdgeLambdaComponent``) or
-        :class:`DeploymentComponent` entries. Everything the fleet should run: what is
-        left out is uninstalled from the devices. More can be added with
+        Components (any :class:`~neo_edge.interfaces.IEdgeComponent`:
+        ``EdgeInferenceComponent``, ``EdgeLambdaComponent``, or their
+        ``from_component_version``) or :class:`DeploymentComponent` entries.
+        Everything the fleet should run: what is left out is uninstalled from the
+        devices. More can be added with
         :meth:`add_component` before synth.
     nucleus_version:
         Deploy this exact version of ``aws.greengrass.Nucleus`` (updates the devices'
@@ -199,16 +210,21 @@ class EdgeDeployment(Construct):
         A device that has not finished after this long counts as timed out.
         Default: no timeout.
 
+    A deployment made elsewhere (to name in ``EdgeTelemetry``):
+    :meth:`from_deployment_id`. Satisfies :class:`~neo_edge.interfaces.IEdgeDeployment`.
+
     Attributes
     ----------
     deployment_name:
         ``<fleet name>-<hash of the content>``.
     deployment_id:
         The deployment's id (``Ref``).
+    fleet:
+        The fleet deployed to.
     """
 
-    def __init__(self, scope: Construct, id: str, *, fleet: Any,
-                 components: Sequence[Union[DeploymentComponent, Any]] = (),
+    def __init__(self, scope: Construct, id: str, *, fleet: IEdgeFleet,
+                 components: Sequence[Union[DeploymentComponent, IEdgeComponent]] = (),
                  nucleus_version: Optional[str] = None,
                  nucleus_configuration: Optional[Mapping[str, Any]] = None,
                  failure_handling: str = FailureHandling.ROLLBACK,
@@ -288,10 +304,12 @@ class EdgeDeployment(Construct):
 
     # ------------------------------------------------------------------------------
 
-    def add_component(self, component: Any, *, merge: Optional[Mapping[str, Any]] = None,
+    def add_component(self, component: Union[DeploymentComponent, IEdgeComponent], *,
+                      merge: Optional[Mapping[str, Any]] = None,
                       reset: Sequence[str] = (), posix_user: Optional[str] = None,
                       memory: Optional[cdk.Size] = None, cpus: Optional[float] = None) -> None:
-        """Add a component construct (or a :class:`DeploymentComponent`) to the set."""
+        """Add a component (any :class:`~neo_edge.interfaces.IEdgeComponent`) or a
+        :class:`DeploymentComponent` to the set."""
         if isinstance(component, DeploymentComponent):
             entry = component
         else:
@@ -301,6 +319,38 @@ class EdgeDeployment(Construct):
             entry = DeploymentComponent.of(component, merge=merge, reset=reset,
                                            posix_user=posix_user, memory=memory, cpus=cpus)
         self._add(entry)
+
+    @classmethod
+    def from_deployment_id(cls, scope: Construct, id: str, deployment_id: str, *,
+                           fleet: Optional[IEdgeFleet] = None,
+                           deployment_name: Optional[str] = None) -> IEdgeDeployment:
+        """A deployment that exists already, by id (``EdgeDeployment.deployment_id``
+        of another stack or app, or the id the console shows).
+
+        For ``EdgeTelemetry(deployment=...)``, which then counts that deployment's
+        failures only. Nothing is created, and it does not take part in the "one
+        deployment per fleet" check (it deploys nothing from this app).
+
+        Parameters
+        ----------
+        deployment_id:
+            Letters, digits, ``-`` and ``_`` (a token is taken as it is).
+        fleet:
+            The fleet it deploys to, if you have it. Default: unknown (``None``).
+        deployment_name:
+            Its name, if you know it. Default: unknown (``None``).
+        """
+        if not cdk.Token.is_unresolved(deployment_id) and (
+                not isinstance(deployment_id, str) or not _DEPLOYMENT_ID.match(deployment_id)):
+            raise ValueError(f"deployment_id must be a Greengrass deployment id (1 to 128 "
+                             f"letters, digits, '-' or '_'); got {deployment_id!r}")
+        return _ImportedEdgeDeployment(scope, id, deployment_id=deployment_id, fleet=fleet,
+                                       deployment_name=deployment_name)
+
+    @property
+    def fleet(self) -> IEdgeFleet:
+        """The fleet deployed to."""
+        return self._fleet
 
     @property
     def component_names(self) -> list:
@@ -356,6 +406,17 @@ class EdgeDeployment(Construct):
                     f"Greengrass deployment replaces every component its fleet runs, so two would "
                     f"uninstall each other's components; give that deployment all of the fleet's "
                     f"components (components= or add_component)")
+
+
+class _ImportedEdgeDeployment(Construct):
+    """What :meth:`EdgeDeployment.from_deployment_id` returns (nothing is created)."""
+
+    def __init__(self, scope: Construct, id: str, *, deployment_id: str,
+                 fleet: Optional[IEdgeFleet], deployment_name: Optional[str]) -> None:
+        super().__init__(scope, id)
+        self.deployment_id = deployment_id
+        self.deployment_name = deployment_name
+        self.fleet = fleet
 
 
 @jsii.implements(IValidation)

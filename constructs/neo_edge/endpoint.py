@@ -17,7 +17,10 @@ from ._sagemaker_job import RolePolicy, grant_key, sagemaker_execution_role
 from .choices import (Framework, InstanceType, NeoInferenceImage, TargetDevice,
                       as_instance_type, as_target)
 from .compilation import NeoCompilationJob
-from .storage import ModelArtifactBucket
+from .interfaces import IModelArtifactBucket
+from .storage import as_bucket
+
+__all__ = ["CloudInferenceEndpoint", "NVME_FAMILIES", "VARIANT"]
 
 #: Instance families whose volumes are local NVMe: an EndpointConfig KmsKeyId is refused.
 NVME_FAMILIES = frozenset({"ml.g4dn", "ml.g5", "ml.p3dn", "ml.p4d", "ml.c5d", "ml.m5d",
@@ -43,7 +46,9 @@ class CloudInferenceEndpoint(Construct):
         ``ml_p3``, ...), or the key of a compiled model in ``bucket`` (then ``target``
         and ``framework`` are required).
     bucket:
-        With a model key: the bucket holding it. Default: the compilation job's bucket.
+        With a model key: the bucket holding it (an ``s3.IBucket`` or an
+        :class:`~neo_edge.interfaces.IModelArtifactBucket`). Default: the compilation
+        job's bucket.
     target:
         With a model key: the ``TargetDevice`` it was compiled for.
     framework, framework_version:
@@ -61,7 +66,8 @@ class CloudInferenceEndpoint(Construct):
     invocations_per_instance:
         Autoscaling target (invocations per instance per minute). Default: 100.
     encryption_key:
-        Encrypts the instances' storage volumes and the data capture. Default: the
+        Encrypts the instances' storage volumes and the data capture: any ``kms.IKey``,
+        including an imported one (``kms.Key.from_key_arn(...)``). Default: the
         bucket's key (not for families with NVMe instance storage, which SageMaker
         encrypts itself and refuses a key for).
     data_capture:
@@ -78,7 +84,7 @@ class CloudInferenceEndpoint(Construct):
     def __init__(
         self, scope: Construct, id: str, *,
         model: Union[NeoCompilationJob, str],
-        bucket: Union[None, s3.IBucket, ModelArtifactBucket] = None,
+        bucket: Union[None, s3.IBucket, IModelArtifactBucket] = None,
         target: Union[None, str, TargetDevice] = None,
         framework: Union[None, str, Framework] = None,
         framework_version: Optional[str] = None,
@@ -96,8 +102,8 @@ class CloudInferenceEndpoint(Construct):
     ) -> None:
         super().__init__(scope, id)
         # Checks first.
-        if isinstance(bucket, ModelArtifactBucket):
-            bucket = bucket.bucket
+        if bucket is not None:
+            bucket = as_bucket(bucket)
         if isinstance(model, NeoCompilationJob):
             self.target = model.target
             bucket = bucket or model.bucket

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -30,6 +30,13 @@ from aws_cdk import aws_iot as iot
 from aws_cdk import aws_s3 as s3
 from aws_cdk import custom_resources as cr
 from constructs import Construct
+
+from ._nag import as_seen_from
+from .interfaces import IEdgeFleet, IModelArtifactBucket
+from .storage import as_bucket
+
+__all__ = ["EdgeFleet", "THING", "acknowledge_wildcards", "nag_wildcard_ids",
+           "provisioning_template_name"]
 
 #: The policy variable AWS IoT replaces with the name of the thing the certificate is attached to.
 THING = "${iot:Connection.Thing.ThingName}"
@@ -43,8 +50,94 @@ _MAX_FLEET_NAME = 128 - len("-TokenExchangeRoleAlias")
 _AWS_CUSTOM_RESOURCE_ID = "AWS679f53fac002430cb0da5b7982bd2287"
 
 
-class EdgeFleet(Construct):
+class _FleetGrants:
+    """The grants of a fleet, shared by :class:`EdgeFleet` and an imported fleet.
+
+    They use ``fleet_name``, ``thing_group_arn``, ``topic_prefix`` and
+    ``token_exchange_role`` only.
+    """
+
+    fleet_name: str
+    thing_group_arn: str
+    topic_prefix: str
+    token_exchange_role: Optional[iam.IRole]
+
+    def allow_artifact_read(self, bucket: Union[s3.IBucket, IModelArtifactBucket],
+                            *key_patterns: str) -> iam.Grant:
+        """Let the fleet's devices download ``bucket`` objects matching ``key_patterns``.
+
+        Only ``s3:GetObject`` on those keys (and ``kms:Decrypt`` with the bucket's key,
+        if it has one), on the token exchange role. ``bucket`` is an ``s3.IBucket`` or
+        an :class:`~neo_edge.interfaces.IModelArtifactBucket`. A fleet imported without
+        its token exchange role raises: there is no role to grant to.
+        """
+        if not key_patterns:
+            raise ValueError("allow_artifact_read needs at least one key or key pattern; got none")
+        role = self.token_exchange_role
+        if role is None:
+            raise ValueError(
+                f"fleet {self.fleet_name} was imported without its token exchange role, so "
+                f"its devices cannot be allowed to read artifacts here; pass "
+                f"token_exchange_role to EdgeFleet.from_thing_group_name (e.g. "
+                f"iam.Role.from_role_name(...)), or grant that role read yourself")
+        bucket = as_bucket(bucket)
+        grant = iam.Grant.add_to_principal(
+            grantee=role, actions=["s3:GetObject"],
+            resource_arns=[bucket.arn_for_objects(k) for k in key_patterns])
+        if bucket.encryption_key is not None:
+            bucket.encryption_key.grant_decrypt(role)
+        wildcards = [bucket.arn_for_objects(k) for k in key_patterns if "*" in k]
+        if wildcards:
+            acknowledge_wildcards(
+                role, wildcards,
+                reason="devices download the artifacts of whichever component version is "
+                       "deployed; object keys under the fleet's artifact prefix change with every "
+                       "compiled model, so the role may s3:GetObject under that prefix only")
+        return grant
+
+    def grant_deploy(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` create, read and cancel Greengrass deployments to this fleet.
+
+        What the ``deployment_manager`` Lambda of a retraining pipeline needs:
+        ``greengrass:CreateDeployment`` and the IoT job and shadow actions it calls on
+        the caller's behalf, on this thing group, its things, and deployment jobs.
+        """
+        stack = cdk.Stack.of(self)
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["greengrass:CreateDeployment", "greengrass:GetDeployment",
+                     "greengrass:CancelDeployment", "greengrass:ListDeployments",
+                     "iot:CancelJob", "iot:CreateJob", "iot:DescribeJob", "iot:UpdateJob",
+                     "iot:DescribeThing", "iot:DescribeThingGroup", "iot:GetThingShadow",
+                     "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
+            resource_arns=[
+                self.thing_group_arn,
+                stack.format_arn(service="iot", resource="thing", resource_name="*"),
+                stack.format_arn(service="iot", resource="job", resource_name="*"),
+                stack.format_arn(service="greengrass", resource="deployments",
+                                 resource_name="*", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME),
+            ])
+
+    def grant_publish_to_devices(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` publish on the fleet's application topics (``<prefix>/*``)."""
+        stack = cdk.Stack.of(self)
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["iot:Publish"],
+            resource_arns=[stack.format_arn(service="iot", resource="topic",
+                                            resource_name=f"{self.topic_prefix}/*")])
+
+    def grant_describe(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read the fleet's thing group and list its members."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["iot:DescribeThingGroup", "iot:ListThingsInThingGroup"],
+            resource_arns=[self.thing_group_arn])
+
+
+class EdgeFleet(_FleetGrants, Construct):
     """A fleet of Greengrass V2 core devices: thing group, IoT policy, token exchange role.
+
+    Satisfies :class:`~neo_edge.interfaces.IEdgeFleet`. A fleet defined elsewhere
+    (another stack, another app, the console): :meth:`from_thing_group_name`.
 
     Parameters
     ----------
@@ -63,10 +156,12 @@ class EdgeFleet(Construct):
         certificates are registered separately. Default: none; devices register
         themselves (the Greengrass installer with ``--provision``, or fleet provisioning).
     artifact_bucket:
-        The bucket holding the compiled models and device bundles; the token exchange
-        role may read (``s3:GetObject``) objects under ``artifact_prefix`` only, and
-        decrypt with the bucket's KMS key. Default: no bucket; components grant read on
-        their own artifacts when deployed (``EdgeDeployment`` does it).
+        The bucket holding the compiled models and device bundles (an ``s3.IBucket`` or
+        an :class:`~neo_edge.interfaces.IModelArtifactBucket`, such as
+        ``ModelArtifactBucket.from_bucket_name(...)``); the token exchange role may read
+        (``s3:GetObject``) objects under ``artifact_prefix`` only, and decrypt with the
+        bucket's KMS key. Default: no bucket; components grant read on their own
+        artifacts when deployed (``EdgeDeployment`` does it).
     artifact_prefix:
         The key prefix devices may read in ``artifact_bucket``. Default: ``""`` (the
         whole bucket).
@@ -88,11 +183,14 @@ class EdgeFleet(Construct):
         The ``AWS::IoT::ThingGroup`` (the construct's ``Resource``).
     policy, token_exchange_role, role_alias, things, provisioning_template, claim_policy:
         The resources created (the last two ``None`` without fleet provisioning).
+    fleet_name, thing_group_name, thing_group_arn, topic_prefix:
+        What deployments, telemetry and other stacks refer to.
     """
 
     def __init__(self, scope: Construct, id: str, *, fleet_name: Optional[str] = None,
                  dynamic_query: Optional[str] = None, thing_names: Sequence[str] = (),
-                 artifact_bucket: Optional[s3.IBucket] = None, artifact_prefix: str = "",
+                 artifact_bucket: Union[None, s3.IBucket, IModelArtifactBucket] = None,
+                 artifact_prefix: str = "",
                  topic_prefix: str = "neo-edge",
                  credential_duration: Optional[cdk.Duration] = None,
                  fleet_provisioning: bool = False) -> None:
@@ -100,9 +198,7 @@ class EdgeFleet(Construct):
         name = fleet_name if fleet_name is not None else cdk.Names.unique_resource_name(
             self, max_length=64, separator="-")
         _check_name(name)
-        if not _TOPIC_PREFIX.match(topic_prefix or ""):
-            raise ValueError(f"topic_prefix must be topic levels of letters, digits, '-' and '_' "
-                             f"without wildcards or a leading '$'; got {topic_prefix!r}")
+        _check_topic_prefix(topic_prefix)
         if dynamic_query is not None and not dynamic_query.strip():
             raise ValueError(f"dynamic_query must be a fleet indexing query; got {dynamic_query!r}")
         if dynamic_query is not None and thing_names:
@@ -200,66 +296,48 @@ class EdgeFleet(Construct):
                       description="greengrass installer --tes-role-alias-name")
 
     # ------------------------------------------------------------------------------
-    # Public API
+    # Importer
 
-    def allow_artifact_read(self, bucket: s3.IBucket, *key_patterns: str) -> iam.Grant:
-        """Let the fleet's devices download ``bucket`` objects matching ``key_patterns``.
+    @classmethod
+    def from_thing_group_name(cls, scope: Construct, id: str, thing_group_name: str, *,
+                              token_exchange_role: Optional[iam.IRole] = None,
+                              topic_prefix: str = "neo-edge") -> "IEdgeFleet":
+        """A fleet that exists already, by its thing group's name.
 
-        Only ``s3:GetObject`` on those keys (and ``kms:Decrypt`` with the bucket's key,
-        if it has one), on the token exchange role.
+        For a fleet another stack or another app created (an ``EdgeFleet`` there: its
+        ``fleet_name`` is the thing group's name), or one made in the console. Nothing
+        is created; the result satisfies :class:`~neo_edge.interfaces.IEdgeFleet`, so
+        ``EdgeDeployment``, ``EdgeTelemetry`` and ``RetrainPipeline`` take it.
+
+        Parameters
+        ----------
+        scope, id:
+            Where the imported fleet goes.
+        thing_group_name:
+            1 to 128 letters, digits, ``:``, ``-`` and ``_`` (a token is taken as it is).
+            Its ARN is formatted with this stack's partition, region and account.
+        token_exchange_role:
+            The fleet's Greengrass token exchange role, e.g.
+            ``iam.Role.from_role_name(...)``, so that deployments here can allow the
+            devices to read their components' artifacts (statements added to that role
+            from this stack). Default: no role; then ``EdgeDeployment`` and
+            ``RetrainPipeline`` skip the artifact grants (the fleet's owner grants them,
+            e.g. with the fleet's ``artifact_bucket``), and an explicit
+            ``allow_artifact_read`` raises. ``grant_deploy``, ``grant_describe`` and
+            ``grant_publish_to_devices`` need no role.
+        topic_prefix:
+            The fleet's application topic prefix (as given to ``EdgeFleet``).
+            Default: ``neo-edge``.
         """
-        if not key_patterns:
-            raise ValueError("allow_artifact_read needs at least one key or key pattern; got none")
-        grant = iam.Grant.add_to_principal(
-            grantee=self.token_exchange_role, actions=["s3:GetObject"],
-            resource_arns=[bucket.arn_for_objects(k) for k in key_patterns])
-        if bucket.encryption_key is not None:
-            bucket.encryption_key.grant_decrypt(self.token_exchange_role)
-        wildcards = [bucket.arn_for_objects(k) for k in key_patterns if "*" in k]
-        if wildcards:
-            acknowledge_wildcards(
-                self.token_exchange_role, wildcards,
-                reason="devices download the artifacts of whichever component version is "
-                       "deployed; object keys under the fleet's artifact prefix change with every "
-                       "compiled model, so the role may s3:GetObject under that prefix only")
-        return grant
-
-    def grant_deploy(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` create, read and cancel Greengrass deployments to this fleet.
-
-        What the ``deployment_manager`` Lambda of a retraining pipeline needs:
-        ``greengrass:CreateDeployment`` and the IoT job and shadow actions it calls on
-        the caller's behalf, on this thing group, its things, and deployment jobs.
-        """
-        stack = cdk.Stack.of(self)
-        return iam.Grant.add_to_principal(
-            grantee=grantee,
-            actions=["greengrass:CreateDeployment", "greengrass:GetDeployment",
-                     "greengrass:CancelDeployment", "greengrass:ListDeployments",
-                     "iot:CancelJob", "iot:CreateJob", "iot:DescribeJob", "iot:UpdateJob",
-                     "iot:DescribeThing", "iot:DescribeThingGroup", "iot:GetThingShadow",
-                     "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
-            resource_arns=[
-                self.thing_group_arn,
-                stack.format_arn(service="iot", resource="thing", resource_name="*"),
-                stack.format_arn(service="iot", resource="job", resource_name="*"),
-                stack.format_arn(service="greengrass", resource="deployments",
-                                 resource_name="*", arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME),
-            ])
-
-    def grant_publish_to_devices(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` publish on the fleet's application topics (``<prefix>/*``)."""
-        stack = cdk.Stack.of(self)
-        return iam.Grant.add_to_principal(
-            grantee=grantee, actions=["iot:Publish"],
-            resource_arns=[stack.format_arn(service="iot", resource="topic",
-                                            resource_name=f"{self.topic_prefix}/*")])
-
-    def grant_describe(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` read the fleet's thing group and list its members."""
-        return iam.Grant.add_to_principal(
-            grantee=grantee, actions=["iot:DescribeThingGroup", "iot:ListThingsInThingGroup"],
-            resource_arns=[self.thing_group_arn])
+        if not cdk.Token.is_unresolved(thing_group_name) and (
+                not isinstance(thing_group_name, str) or not _THING_NAME.match(thing_group_name)
+                or len(thing_group_name) > 128):
+            raise ValueError(f"thing_group_name must be 1 to 128 letters, digits, ':', '-' or "
+                             f"'_'; got {thing_group_name!r}")
+        _check_topic_prefix(topic_prefix)
+        return _ImportedEdgeFleet(scope, id, thing_group_name=thing_group_name,
+                                  token_exchange_role=token_exchange_role,
+                                  topic_prefix=topic_prefix)
 
     # ------------------------------------------------------------------------------
     # Internals
@@ -405,11 +483,27 @@ class EdgeFleet(Construct):
         return self._artifact_wildcard
 
 
+class _ImportedEdgeFleet(_FleetGrants, Construct):
+    """What :meth:`EdgeFleet.from_thing_group_name` returns: a fleet this app does not
+    manage, known by its thing group's name (nothing is created)."""
+
+    def __init__(self, scope: Construct, id: str, *, thing_group_name: str,
+                 token_exchange_role: Optional[iam.IRole], topic_prefix: str) -> None:
+        super().__init__(scope, id)
+        self.fleet_name = thing_group_name
+        self.thing_group_name = thing_group_name
+        self.thing_group_arn = cdk.Stack.of(self).format_arn(
+            service="iot", resource="thinggroup", resource_name=thing_group_name)
+        self.topic_prefix = topic_prefix
+        self.token_exchange_role = token_exchange_role
+
+
 def nag_wildcard_ids(scope: Construct, *arns: str) -> list:
     """cdk-nag's ``AwsSolutions-IAM5[Resource::...]`` finding ids for wildcard resource ARNs.
 
     cdk-nag names each wildcard resource as it renders the resolved ARN: ``Ref`` as
-    ``<Name>``, ``Fn::GetAtt`` as ``<Resource.Attribute>``, ``Fn::Join`` concatenated.
+    ``<Name>``, ``Fn::GetAtt`` as ``<Resource.Attribute>``, ``Fn::Join`` concatenated,
+    ``Fn::ImportValue`` as the export's name (another stack's resource).
     Acknowledging each exact finding (rather than the whole rule) keeps any other
     wildcard that appears later a finding.
     """
@@ -425,9 +519,13 @@ def nag_wildcard_ids(scope: Construct, *arns: str) -> list:
         if isinstance(value, dict) and "Fn::Join" in value:
             sep, parts = value["Fn::Join"]
             return sep.join(render(p) for p in parts)
+        if isinstance(value, dict) and "Fn::ImportValue" in value:
+            return render(value["Fn::ImportValue"])
         raise ValueError(f"cannot render {value!r} as cdk-nag does")
 
-    return [f"AwsSolutions::AwsSolutions-IAM5[Resource::{render(stack.resolve(a))}]" for a in arns]
+    # An ARN made from another stack's resource is an import in this stack's template.
+    rendered = [render(stack.resolve(as_seen_from(scope, a))) for a in arns]
+    return [f"AwsSolutions::AwsSolutions-IAM5[Resource::{r}]" for r in rendered]
 
 
 def acknowledge_wildcards(scope: Construct, arns, reason: str) -> None:
@@ -457,6 +555,15 @@ def _check_name(name: str) -> None:
     if not _NAME.match(name) or len(name) > _MAX_FLEET_NAME:
         raise ValueError(f"fleet_name must be 1 to {_MAX_FLEET_NAME} letters, digits, '-' or '_'; "
                          f"got {name!r}")
+
+
+def _check_topic_prefix(topic_prefix: str) -> None:
+    if cdk.Token.is_unresolved(topic_prefix):
+        raise ValueError("topic_prefix must be a literal string: the device policy and the "
+                         "telemetry rule are written with it at synth time; got a token")
+    if not isinstance(topic_prefix, str) or not _TOPIC_PREFIX.match(topic_prefix):
+        raise ValueError(f"topic_prefix must be topic levels of letters, digits, '-' and '_' "
+                         f"without wildcards or a leading '$'; got {topic_prefix!r}")
 
 
 def _acknowledge_custom_resource_provider(provider: Construct) -> None:

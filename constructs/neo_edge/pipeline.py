@@ -22,6 +22,7 @@ configure the replaced part are refused rather than silently ignored.
 
 from __future__ import annotations
 
+import pathlib
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -31,18 +32,20 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from .choices import AlgorithmImage, Framework, InstanceType, TargetDevice, TargetPlatform, as_target
+from .choices import (AlgorithmImage, CompilerOptions, Framework, InstanceType, TargetDevice,
+                      TargetPlatform, as_target)
 from .compilation import NeoCompilationJob, NeoCompilationSet
 from .component import EdgeInferenceComponent
 from .deployment import EdgeDeployment
 from .endpoint import CloudInferenceEndpoint
 from .fleet import EdgeFleet
+from .interfaces import IEdgeFleet, IModelArtifactBucket
 from .retrain import RetrainPipeline
 from .storage import ModelArtifactBucket
 from .telemetry import EdgeTelemetry
 from .training import TrainingJob
 
-__all__ = ["NeoEdgePipeline", "DEFAULT_TARGETS"]
+__all__ = ["DEFAULT_TARGETS", "DEFAULT_XGBOOST_HYPERPARAMETERS", "NeoEdgePipeline"]
 
 #: One ARM board, one NVIDIA Jetson and one Intel cloud instance family.
 DEFAULT_TARGETS = ("rasp4b", "jetson_xavier", "ml_c5")
@@ -105,8 +108,9 @@ class NeoEdgePipeline(Construct):
     enable_telemetry:
         The results topic rule, metrics, alarms and dashboard. Default: on.
     alert_topic:
-        Where telemetry alarms and retraining failures go. Default: the telemetry's
-        own topic (or the retraining pipeline's, without telemetry).
+        Where telemetry alarms and retraining failures go: any ``sns.ITopic``,
+        including an imported one (``sns.Topic.from_topic_arn(...)``). Default: the
+        telemetry's own topic (or the retraining pipeline's, without telemetry).
     endpoint_target:
         Also serve the model compiled for this target (one of ``targets`` with a
         SageMaker instance family, e.g. ``ml_c5``) from a SageMaker endpoint.
@@ -122,22 +126,26 @@ class NeoEdgePipeline(Construct):
     retrain_trigger_suffixes:
         Only new keys ending in one of these start a retraining. Default: any new key.
     bucket:
-        The artifact bucket (``s3.IBucket`` or ``ModelArtifactBucket``). Default: a
+        The artifact bucket: an ``s3.IBucket`` or an
+        :class:`~neo_edge.interfaces.IModelArtifactBucket` (a ``ModelArtifactBucket``,
+        or ``ModelArtifactBucket.from_bucket_name(...)``). Default: a
         ``ModelArtifactBucket`` is created.
     training_job, compilation, component, fleet, deployment, telemetry:
-        Parts you built, used instead of creating them. ``deployment`` needs ``fleet``
-        (the fleet it deploys to); the component is added to it.
+        Parts you built, used instead of creating them. ``fleet`` is any
+        :class:`~neo_edge.interfaces.IEdgeFleet` (another stack's ``EdgeFleet``, or
+        ``EdgeFleet.from_thing_group_name(...)``). ``deployment`` needs ``fleet`` (the
+        fleet it deploys to); the component is added to it.
 
     Attributes
     ----------
-    bucket (``ModelArtifactBucket``), training_job (or ``None``), compilation,
+    bucket (an ``IModelArtifactBucket``), training_job (or ``None``), compilation,
     component, fleet, deployment, telemetry (or ``None``), endpoint (or ``None``),
     retraining (``RetrainPipeline`` or ``None``)
     """
 
     def __init__(
         self, scope: Construct, id: str, *,
-        runtime_bundles: Optional[Mapping[str, Any]] = None,
+        runtime_bundles: Optional[Mapping[str, Union[str, pathlib.Path]]] = None,
         targets: Sequence[Union[str, TargetDevice, TargetPlatform]] = DEFAULT_TARGETS,
         component_name: Optional[str] = None,
         model_name: str = "model",
@@ -150,7 +158,8 @@ class NeoEdgePipeline(Construct):
         framework: Union[str, Framework] = Framework.XGBOOST,
         framework_version: Optional[str] = None,
         data_input_config: Optional[Mapping[str, Sequence[int]]] = None,
-        compiler_options_per_target: Optional[Mapping[str, Any]] = None,
+        compiler_options_per_target: Optional[
+            Mapping[str, Union[CompilerOptions, Mapping[str, Any]]]] = None,
         inference_configuration: Optional[Mapping[str, Any]] = None,
         fleet_name: Optional[str] = None,
         thing_names: Sequence[str] = (),
@@ -162,11 +171,11 @@ class NeoEdgePipeline(Construct):
         enable_retraining: Optional[bool] = None,
         retrain_schedule: Optional[events.Schedule] = None,
         retrain_trigger_suffixes: Sequence[str] = (),
-        bucket: Union[None, s3.IBucket, ModelArtifactBucket] = None,
+        bucket: Union[None, s3.IBucket, IModelArtifactBucket] = None,
         training_job: Optional[TrainingJob] = None,
         compilation: Optional[NeoCompilationSet] = None,
         component: Optional[EdgeInferenceComponent] = None,
-        fleet: Optional[EdgeFleet] = None,
+        fleet: Optional[IEdgeFleet] = None,
         deployment: Optional[EdgeDeployment] = None,
         telemetry: Optional[EdgeTelemetry] = None,
     ) -> None:
@@ -222,8 +231,8 @@ class NeoEdgePipeline(Construct):
                              "endpoint serves)")
 
         # --- storage ---------------------------------------------------------------------
-        if isinstance(bucket, ModelArtifactBucket):
-            self.bucket = bucket
+        if isinstance(bucket, IModelArtifactBucket):
+            self.bucket: IModelArtifactBucket = bucket
         else:
             self.bucket = ModelArtifactBucket(self, "Artifacts", bucket=bucket)
 
@@ -252,9 +261,9 @@ class NeoEdgePipeline(Construct):
         jobs: list = list(compilation.jobs.values())
 
         # --- the edge ------------------------------------------------------------------------
-        self.fleet = fleet or EdgeFleet(self, "Fleet", fleet_name=fleet_name,
-                                        thing_names=thing_names,
-                                        fleet_provisioning=fleet_provisioning)
+        self.fleet: IEdgeFleet = fleet or EdgeFleet(self, "Fleet", fleet_name=fleet_name,
+                                                    thing_names=thing_names,
+                                                    fleet_provisioning=fleet_provisioning)
         configuration = {"topicPrefix": self.fleet.topic_prefix, **(inference_configuration or {})}
         self.component = component or EdgeInferenceComponent(
             self, "Component", component_name=name, models=jobs,

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -64,11 +65,18 @@ from constructs import Construct
 from ._lambda import allow_redundant_depends_on, bundled_function
 from ._sagemaker_job import RolePolicy, _sanitize, _short_hash, nag_arn
 from .compilation import NeoCompilationJob, NeoCompilationSet
+from .component import EdgeInferenceComponent
 from .fleet import acknowledge_wildcards
+from .interfaces import IEdgeFleet, IRetrainPipeline
 from .training import TrainingJob
 
-__all__ = ["RetrainPipeline", "SageMakerJobStates", "compilation_job_states",
+__all__ = ["COMPILATION", "COMPILED_PATH", "ERROR_PATH", "MAX_JOB_NAME_PREFIX", "MODEL_PATH",
+           "RETRYABLE_ERROR", "RUN_PATH", "RetrainPipeline", "SDK_RETRY_ERRORS",
+           "SageMakerJobStates", "TRAINING", "compilation_job_states", "sagemaker_job_states",
            "training_job_states"]
+
+_STATE_MACHINE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$")
 
 #: The longest ``job_name_prefix``: ``<prefix>-c<nn>-<uuid>`` must fit SageMaker's 63.
 MAX_JOB_NAME_PREFIX = 20
@@ -308,9 +316,13 @@ class RetrainPipeline(Construct):
     component:
         The :class:`~neo_edge.component.EdgeInferenceComponent` whose new versions the
         runs publish: its name and its device bundles (one for each target's
-        architecture).
+        architecture). An imported component will not do: the runs rebuild it.
     fleet:
-        The :class:`~neo_edge.fleet.EdgeFleet` the new versions are deployed to.
+        The fleet the new versions are deployed to: any
+        :class:`~neo_edge.interfaces.IEdgeFleet` (an ``EdgeFleet`` of this stack or
+        another, or ``EdgeFleet.from_thing_group_name(...)``). Its devices are allowed
+        to read what the runs compile, through its ``token_exchange_role``; a fleet
+        imported without one is skipped there (its owner grants that read).
     inference_configuration:
         The inference configuration of the published versions (as
         ``EdgeInferenceComponent``'s ``configuration``). Default: the recipe builder's.
@@ -330,8 +342,10 @@ class RetrainPipeline(Construct):
         Also start a run on this schedule (``events.Schedule.rate(...)``).
         Default: no schedule.
     alert_topic:
-        Where failures are reported. Default: a topic is created, encrypted with a KMS
-        key of its own and accepting TLS only.
+        Where failures are reported: any ``sns.ITopic``, including an imported one
+        (``sns.Topic.from_topic_attributes(..., key_arn=...)`` when it is encrypted, so
+        that the state machine may use the key). Default: a topic is created,
+        encrypted with a KMS key of its own and accepting TLS only.
     poll_interval:
         How often jobs, the component and the deployment are polled. Default: 1 minute.
     training_max_runtime:
@@ -350,10 +364,14 @@ class RetrainPipeline(Construct):
     timeout:
         The longest a run may take. Default: 24 hours.
 
+    A pipeline defined elsewhere (to start runs from another stack or app):
+    :meth:`from_state_machine_arn`. Satisfies
+    :class:`~neo_edge.interfaces.IRetrainPipeline`.
+
     Attributes
     ----------
-    state_machine, trigger_function, publisher_function, deployer_function,
-    alert_topic, data_rule, schedule_rule, log_group, job_name_prefix
+    state_machine, state_machine_arn, trigger_function, publisher_function,
+    deployer_function, alert_topic, data_rule, schedule_rule, log_group, job_name_prefix
     """
 
     def __init__(
@@ -361,8 +379,8 @@ class RetrainPipeline(Construct):
         training_job: TrainingJob,
         compilation: Union[NeoCompilationSet, Sequence[NeoCompilationJob],
                            Mapping[str, NeoCompilationJob]],
-        component: Any,
-        fleet: Any,
+        component: EdgeInferenceComponent,
+        fleet: IEdgeFleet,
         inference_configuration: Optional[Mapping[str, Any]] = None,
         trigger_on_new_data: bool = True,
         trigger_suffixes: Sequence[str] = (),
@@ -454,10 +472,10 @@ class RetrainPipeline(Construct):
                          "FAILURE_THRESHOLD_PERCENT": f"{failure_threshold_percent:g}"},
             description=f"neo-edge: deploys {component.component_name} to the fleet")
         self._grant_deploy(stack, fleet)
-        # Devices read what the runs compile (under each job's output prefix).
-        allow = getattr(fleet, "allow_artifact_read", None)
-        if allow is not None:
-            allow(bucket, *sorted({f"{j.output_prefix}*" for j in jobs}))
+        # Devices read what the runs compile (under each job's output prefix); a fleet
+        # imported without its role leaves that to its owner.
+        if getattr(fleet, "token_exchange_role", None) is not None:
+            fleet.allow_artifact_read(bucket, *sorted({f"{j.output_prefix}*" for j in jobs}))
 
         # --- the model source: a training run, or an uploaded model ----------------------
         if model_upload_prefix is not None:
@@ -531,15 +549,43 @@ class RetrainPipeline(Construct):
 
     # ------------------------------------------------------------------------------
 
+    @classmethod
+    def from_state_machine_arn(cls, scope: Construct, id: str,
+                               state_machine_arn: str) -> IRetrainPipeline:
+        """A retraining pipeline that exists already, by its state machine's ARN
+        (``RetrainPipeline.state_machine_arn`` of another stack or app).
+
+        To start runs from elsewhere (``grant_start_execution``) and watch them
+        (``metric_failed``, ``metric_succeeded``). Nothing is created.
+
+        Parameters
+        ----------
+        state_machine_arn:
+            ``arn:aws:states:<region>:<account>:stateMachine:<name>`` (a token is taken
+            as it is).
+        """
+        if not cdk.Token.is_unresolved(state_machine_arn) and (
+                not isinstance(state_machine_arn, str)
+                or not _STATE_MACHINE_ARN.match(state_machine_arn)):
+            raise ValueError(f"state_machine_arn must be a Step Functions state machine ARN "
+                             f"(arn:aws:states:<region>:<account>:stateMachine:<name>); got "
+                             f"{state_machine_arn!r}")
+        return _ImportedRetrainPipeline(scope, id, state_machine_arn)
+
+    @property
+    def state_machine_arn(self) -> str:
+        """The state machine's ARN."""
+        return self.state_machine.state_machine_arn
+
     def grant_start_execution(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let ``grantee`` start a run (``states:StartExecution``)."""
         return self.state_machine.grant_start_execution(grantee)
 
-    def metric_failed(self, **options: Any):
+    def metric_failed(self, **options: Any) -> cw.Metric:
         """Runs that failed. Default: sum over 5 minutes."""
         return self.state_machine.metric_failed(**options)
 
-    def metric_succeeded(self, **options: Any):
+    def metric_succeeded(self, **options: Any) -> cw.Metric:
         """Runs that succeeded. Default: sum over 5 minutes."""
         return self.state_machine.metric_succeeded(**options)
 
@@ -690,7 +736,8 @@ class RetrainPipeline(Construct):
 
     # ------------------------------------------------------------------------------
 
-    def _grant_publish(self, stack: cdk.Stack, component: Any, jobs: list) -> None:
+    def _grant_publish(self, stack: cdk.Stack, component: EdgeInferenceComponent,
+                       jobs: list) -> None:
         fn = self.publisher_function
         name = component.component_name
         component_arn = stack.format_arn(service="greengrass", resource="components",
@@ -727,7 +774,7 @@ class RetrainPipeline(Construct):
             reason="each run writes its compiled models under the compilation job's output "
                    "prefix with names SageMaker chooses; the function may read that prefix only")
 
-    def _grant_deploy(self, stack: cdk.Stack, fleet: Any) -> None:
+    def _grant_deploy(self, stack: cdk.Stack, fleet: IEdgeFleet) -> None:
         fn = self.deployer_function
         fleet.grant_deploy(fn)
         core_devices = stack.format_arn(service="greengrass", resource="coreDevices",
@@ -780,3 +827,25 @@ class RetrainPipeline(Construct):
                 reason="Step Functions invokes the function by ARN with a version or alias "
                        "qualifier (<function arn>:*); the wildcard covers only qualifiers of "
                        "that one function"))
+
+
+class _ImportedRetrainPipeline(Construct):
+    """What :meth:`RetrainPipeline.from_state_machine_arn` returns (nothing is created)."""
+
+    def __init__(self, scope: Construct, id: str, state_machine_arn: str) -> None:
+        super().__init__(scope, id)
+        self.state_machine = sfn.StateMachine.from_state_machine_arn(
+            self, "Resource", state_machine_arn)
+        self.state_machine_arn = self.state_machine.state_machine_arn
+
+    def grant_start_execution(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` start a run (``states:StartExecution``)."""
+        return self.state_machine.grant_start_execution(grantee)
+
+    def metric_failed(self, **options: Any) -> cw.Metric:
+        """Runs that failed. Default: sum over 5 minutes."""
+        return self.state_machine.metric_failed(**options)
+
+    def metric_succeeded(self, **options: Any) -> cw.Metric:
+        """Runs that succeeded. Default: sum over 5 minutes."""
+        return self.state_machine.metric_succeeded(**options)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Optional, Union
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -10,9 +11,24 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from .interfaces import IModelArtifactBucket
+
+__all__ = ["ACCESS_LOG_PREFIX", "ModelArtifactBucket", "as_bucket"]
 
 #: Key prefix of the artifact bucket's access logs in the logs bucket.
 ACCESS_LOG_PREFIX = "model-artifacts/"
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_ARN = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
+
+
+def as_bucket(value: Union[s3.IBucket, IModelArtifactBucket]) -> s3.IBucket:
+    """The ``s3.IBucket`` of ``value``: an ``s3.IBucket`` as it is, or the ``bucket`` of an
+    :class:`~neo_edge.interfaces.IModelArtifactBucket` (a ``ModelArtifactBucket``, or
+    what its ``from_bucket_name`` returns)."""
+    if isinstance(value, IModelArtifactBucket):
+        return value.bucket
+    return value
 
 
 def _pattern(prefix: str) -> str:
@@ -29,14 +45,17 @@ class ModelArtifactBucket(Construct):
 
     Server access logs go to a second bucket; noncurrent object versions expire.
     Or wrap a bucket you already have (``bucket=``): nothing is created then, and the
-    grants work on that bucket.
+    grants work on that bucket. A bucket known only by name (another stack's, another
+    app's): :meth:`from_bucket_name` or :meth:`from_bucket_arn`. Satisfies
+    :class:`~neo_edge.interfaces.IModelArtifactBucket`.
 
     Parameters
     ----------
     bucket:
         An existing bucket to use. Default: a bucket is created (with the settings above).
     encryption_key:
-        The KMS key of the created bucket. Default: a key with rotation is created.
+        The KMS key of the created bucket: any ``kms.IKey``, including an imported one
+        (``kms.Key.from_key_arn(...)``). Default: a key with rotation is created.
         Ignored when ``bucket`` is given (that bucket's own key is used).
     noncurrent_version_expiration:
         How long overwritten or deleted versions are kept. Default: 90 days.
@@ -45,6 +64,14 @@ class ModelArtifactBucket(Construct):
         Default: retained (models are not rebuilt cheaply).
     server_access_logs_bucket:
         Where the created bucket's access logs go. Default: a logs bucket is created.
+
+    Attributes
+    ----------
+    bucket, bucket_name, encryption_key:
+        The bucket (the construct's ``Resource`` when created), its name, and its KMS
+        key (``None`` for S3-managed encryption).
+    access_logs_bucket:
+        Where the access logs go (``None`` for a wrapped or imported bucket).
     """
 
     def __init__(self, scope: Construct, id: str, *,
@@ -108,8 +135,55 @@ class ModelArtifactBucket(Construct):
             conditions={"ArnLike": {"aws:SourceArn": self.bucket.bucket_arn},
                         "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account}}))
 
+    # ------------------------------------------------------------------------------
+    # Importers
+
+    @classmethod
+    def from_bucket_name(cls, scope: Construct, id: str, bucket_name: str, *,
+                         encryption_key: Optional[kms.IKey] = None) -> "ModelArtifactBucket":
+        """An artifact bucket that exists already, by name (another stack's or app's).
+
+        Nothing is created: the grants (``grant_read_models``, ``grant_write_models``,
+        and those of the constructs it is given to) are IAM statements on that bucket
+        name, in this stack.
+
+        Parameters
+        ----------
+        scope, id:
+            Where the imported bucket goes.
+        bucket_name:
+            The bucket's name (3 to 63 lowercase letters, digits, ``.`` and ``-``); a
+            token is taken as it is.
+        encryption_key:
+            The bucket's KMS key (``kms.Key.from_key_arn(...)``), so that grants
+            include decrypting and encrypting with it. Default: no key; the bucket is
+            taken to use S3-managed encryption.
+        """
+        _check_bucket_name("bucket_name", bucket_name)
+        return _ImportedModelArtifactBucket(scope, id, bucket_name=bucket_name,
+                                            encryption_key=encryption_key)
+
+    @classmethod
+    def from_bucket_arn(cls, scope: Construct, id: str, bucket_arn: str, *,
+                        encryption_key: Optional[kms.IKey] = None) -> "ModelArtifactBucket":
+        """An artifact bucket that exists already, by ARN (``arn:aws:s3:::<name>``).
+
+        As :meth:`from_bucket_name`; a token is taken as it is.
+        """
+        if not cdk.Token.is_unresolved(bucket_arn):
+            match = _BUCKET_ARN.match(bucket_arn) if isinstance(bucket_arn, str) else None
+            if match is None:
+                raise ValueError(f"bucket_arn must be an S3 bucket ARN like "
+                                 f"arn:aws:s3:::my-bucket; got {bucket_arn!r}")
+            _check_bucket_name("bucket_arn's bucket name", match.group(1))
+        return _ImportedModelArtifactBucket(scope, id, bucket_arn=bucket_arn,
+                                            encryption_key=encryption_key)
+
+    # ------------------------------------------------------------------------------
+
     @property
     def bucket_name(self) -> str:
+        """The bucket's name."""
         return self.bucket.bucket_name
 
     def s3_uri(self, key: str = "") -> str:
@@ -123,3 +197,27 @@ class ModelArtifactBucket(Construct):
     def grant_write_models(self, grantee: iam.IGrantable, prefix: str = "") -> iam.Grant:
         """Write objects under ``prefix`` (and encrypt them). Default: the whole bucket."""
         return self.bucket.grant_put(grantee, _pattern(prefix))
+
+
+class _ImportedModelArtifactBucket(ModelArtifactBucket):
+    """What :meth:`ModelArtifactBucket.from_bucket_name` / ``from_bucket_arn`` return:
+    the same grants, on a bucket this app does not manage (nothing is created)."""
+
+    def __init__(self, scope: Construct, id: str, *, bucket_name: Optional[str] = None,
+                 bucket_arn: Optional[str] = None,
+                 encryption_key: Optional[kms.IKey] = None) -> None:
+        # Not ModelArtifactBucket.__init__: that one creates the bucket.
+        Construct.__init__(self, scope, id)
+        self.access_logs_bucket = None
+        self.bucket = s3.Bucket.from_bucket_attributes(
+            self, "Resource", bucket_name=bucket_name, bucket_arn=bucket_arn,
+            encryption_key=encryption_key)
+        self.encryption_key = encryption_key
+
+
+def _check_bucket_name(what: str, name: str) -> None:
+    if cdk.Token.is_unresolved(name):
+        return
+    if not isinstance(name, str) or not _BUCKET_NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} must be 3 to 63 lowercase letters, digits, '.' or '-', "
+                         f"starting and ending with a letter or digit; got {name!r}")

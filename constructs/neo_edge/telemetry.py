@@ -40,6 +40,7 @@ from constructs import Construct
 
 from ._lambda import bundled_function
 from .fleet import acknowledge_wildcards
+from .interfaces import IEdgeDeployment, IEdgeFleet
 
 __all__ = ["EdgeTelemetry", "METRICS_NAMESPACE"]
 
@@ -56,19 +57,29 @@ class EdgeTelemetry(Construct):
     Parameters
     ----------
     fleet:
-        The :class:`~neo_edge.fleet.EdgeFleet` (its ``topic_prefix`` and ``fleet_name``).
+        Any :class:`~neo_edge.interfaces.IEdgeFleet` (its ``topic_prefix`` and
+        ``fleet_name`` are read): an ``EdgeFleet`` of this stack or another one, or
+        ``EdgeFleet.from_thing_group_name(...)``.
     results_bucket:
         Where results are stored (by the function, under ``results_prefix``) and
-        archived raw (by the rule, under ``archive_prefix``).
+        archived raw (by the rule, under ``archive_prefix``): any ``s3.IBucket``
+        (``s3.Bucket.from_bucket_attributes(..., encryption_key=...)`` for one that
+        exists, so that its key is granted too).
     model_names:
         The models whose metrics the alarms and the dashboard show (the ``model_name``
         devices put in their results).
     deployment:
-        Only this deployment's failures count. Default: every Greengrass deployment
-        failure in the account and region.
+        Only this deployment's failures count: any
+        :class:`~neo_edge.interfaces.IEdgeDeployment` (its ``deployment_id`` is read),
+        e.g. ``EdgeDeployment.from_deployment_id(...)``. Default: every Greengrass
+        deployment failure in the account and region.
     alert_topic:
-        Where alerts and alarms go. Default: a topic is created, encrypted with a KMS
-        key of its own (rotated) and accepting TLS only.
+        Where alerts and alarms go: any ``sns.ITopic``, including an imported one
+        (``sns.Topic.from_topic_arn(...)``; if it is encrypted, its key policy must let
+        CloudWatch and EventBridge use the key, and pass the key with
+        ``sns.Topic.from_topic_attributes(..., key_arn=...)`` so that the function may
+        use it). Default: a topic is created, encrypted with a KMS key of its own (rotated)
+        and accepting TLS only.
     low_confidence_threshold:
         Results with a lower confidence raise an alert (0 turns it off). Default: 0.5.
     anomaly_threshold:
@@ -89,8 +100,8 @@ class EdgeTelemetry(Construct):
     broken_components_rule, dashboard, alarms (name to ``cloudwatch.Alarm``)
     """
 
-    def __init__(self, scope: Construct, id: str, *, fleet: Any, results_bucket: s3.IBucket,
-                 model_names: Sequence[str], deployment: Any = None,
+    def __init__(self, scope: Construct, id: str, *, fleet: IEdgeFleet, results_bucket: s3.IBucket,
+                 model_names: Sequence[str], deployment: Optional[IEdgeDeployment] = None,
                  alert_topic: Optional[sns.ITopic] = None,
                  low_confidence_threshold: float = 0.5,
                  anomaly_threshold: Optional[float] = None,

@@ -15,13 +15,16 @@ from constructs import Construct
 from ._sagemaker_job import (RolePolicy, SageMakerJobProvider, check_runtime, grant_key,
                              sagemaker_execution_role)
 from .choices import AlgorithmImage, InstanceType, as_instance_type
-from .storage import ModelArtifactBucket
+from .interfaces import IModelArtifactBucket
+from .storage import as_bucket
+
+__all__ = ["TrainingJob"]
 
 _CHANNEL_RE = r"^[A-Za-z0-9\.\-_]+$"
 
 
-def _bucket_of(value: Union[s3.IBucket, ModelArtifactBucket]) -> s3.IBucket:
-    return value.bucket if isinstance(value, ModelArtifactBucket) else value
+def _bucket_of(value: Union[s3.IBucket, IModelArtifactBucket]) -> s3.IBucket:
+    return as_bucket(value)
 
 
 def _check_prefix(name: str, prefix: str) -> str:
@@ -46,8 +49,9 @@ class TrainingJob(Construct):
     Parameters
     ----------
     bucket:
-        Where inputs are read and the model is written (an ``s3.IBucket`` or a
-        ``ModelArtifactBucket``).
+        Where inputs are read and the model is written (an ``s3.IBucket`` or an
+        :class:`~neo_edge.interfaces.IModelArtifactBucket`: a ``ModelArtifactBucket``,
+        or ``ModelArtifactBucket.from_bucket_name(...)``).
     algorithm_image:
         The training container: ``AlgorithmImage.xgboost()`` (resolved per region) or
         ``AlgorithmImage.from_ecr_repository(repo)``.
@@ -77,7 +81,8 @@ class TrainingJob(Construct):
     checkpoint_prefix:
         Spot only. Default: ``checkpoints/<construct id>/``.
     encryption_key:
-        Encrypts the training volume and the model output. Default: the bucket's key
+        Encrypts the training volume and the model output: any ``kms.IKey``, including
+        an imported one (``kms.Key.from_key_arn(...)``). Default: the bucket's key
         (S3-managed encryption when it has none).
     vpc, vpc_subnets, security_groups:
         Run the job in a VPC. Default: no VPC. ``security_groups`` default: one is created.
@@ -92,7 +97,7 @@ class TrainingJob(Construct):
 
     def __init__(
         self, scope: Construct, id: str, *,
-        bucket: Union[s3.IBucket, ModelArtifactBucket],
+        bucket: Union[s3.IBucket, IModelArtifactBucket],
         algorithm_image: AlgorithmImage,
         input_channels: Mapping[str, str],
         content_type: Optional[str] = None,

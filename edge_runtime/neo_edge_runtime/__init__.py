@@ -1,19 +1,25 @@
 """neo_edge_runtime: compile models for edge devices with TVM, and run them there.
 
-Device side (TVM runtime library only)::
+The package is split by where the code runs.
+
+Device (the package top: ``runtime``, ``store``, ``artifact``, ``_ffi``, ``errors``,
+``targets``): loads and runs a compiled artifact. Needs numpy and the TVM runtime
+library that the device bundle carries in ``_lib/``; never the compiler::
 
     from neo_edge_runtime import EdgeModel
     model = EdgeModel.load("artifact/")
     outputs = model.predict({"input": x})
 
-Build side (full TVM)::
+Build machine (``neo_edge_runtime.compile``: the compiler and its schedules, the model
+frontends, the device bundle and Greengrass recipe builders, the ``neo-edge`` command).
+Needs the ``compiler`` extra (apache-tvm, onnx); the device bundle leaves it out::
 
     from neo_edge_runtime import compile_model
     compile_model("model.onnx", target="rasp4b", output_dir="artifact/")
 
 Names are imported lazily so that the device never imports the compiler and the
-constructs can import the pure-data modules (``targets``, ``artifact``, ``recipe``)
-without numpy or TVM.
+constructs can import the pure-data modules (``targets``, ``artifact``,
+``compile.recipe``) without numpy or TVM.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ _LAZY = {
     "EdgeModel": "runtime",
     "set_num_threads": "runtime",
     "ModelStore": "store",
-    "compile_model": "compiler",
-    "detect_framework": "compiler",
+    "compile_model": "compile.compiler",
+    "detect_framework": "compile.compiler",
 }
 
 __all__ = ["ArtifactError", "CompileError", "InputError", "NeoEdgeError", "TargetError",

@@ -5,7 +5,7 @@ Functions polling loop (``publish``, then ``Wait`` -> ``status`` -> ``Choice`` o
 
 ``{"action": "publish", "targets": [{"target": "rasp4b", "model_uri": "s3://.../model.tar.gz"}, ...]}``
     Builds the inference component's recipe with the same builder the CDK constructs and
-    local mode use (``neo_edge_runtime.recipe.inference_recipe``; the function's asset
+    local mode use (``neo_edge_runtime.compile.recipe.inference_recipe``; the function's asset
     bundles ``neo_edge_runtime``): one manifest per target, each with the compiled model and
     the device bundle of the edge runtime for that platform, and calls
     ``CreateComponentVersion`` with it inline. ``targets`` may also be a mapping
@@ -66,7 +66,7 @@ import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
-from neo_edge_runtime import recipe as recipes
+from neo_edge_runtime.compile import recipe as recipes
 from neo_edge_runtime import targets as neo_targets
 from neo_edge_runtime.errors import NeoEdgeError
 

@@ -2,7 +2,7 @@
 
 One file, two ways to run on a Greengrass V2 core device:
 
-- as a **process component** (what ``neo_edge_runtime.recipe.inference_recipe`` writes):
+- as a **process component** (what ``neo_edge_runtime.compile.recipe.inference_recipe`` writes):
   ``python3 -u edge_inference.py`` runs :func:`main`, which subscribes to the input topic over
   Greengrass IPC, queues requests and serves them from one worker thread until SIGTERM;
 - as a **long-lived (pinned) Lambda component**: :func:`handler` serves one event per call.

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from neo_edge_runtime import compile_model, zoo
+from neo_edge_runtime import compile_model
+from neo_edge_runtime.compile import zoo
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +46,7 @@ def one_measuring_pass(monkeypatch):
     """Tuning tests check what is measured and recorded, not how steady the timing is:
     one pass over the template candidates (still on all cores and on one) instead of
     the compiler's two."""
-    from neo_edge_runtime import compiler
+    from neo_edge_runtime.compile import compiler
 
     monkeypatch.setattr(compiler, "MEASURING_PASSES", 1)
 

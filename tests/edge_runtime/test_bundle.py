@@ -7,18 +7,54 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from neo_edge_runtime.bundle import build_bundle, bundle_files, installed_size
+import neo_edge_runtime
+from neo_edge_runtime.compile import bundle as bundle_module
+from neo_edge_runtime.compile.bundle import (APACHE_TVM_FFI_VERSION, APACHE_TVM_VERSION,
+                                             BundleError, build_bundle, bundle_files,
+                                             handler_path, installed_size)
+from neo_edge_runtime.targets import host_arch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(neo_edge_runtime.__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return build_bundle("x86_64", tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def device(bundle, tmp_path_factory):
+    """The bundle unpacked as a device unpacks it."""
+    folder = tmp_path_factory.mktemp("device")
+    zipfile.ZipFile(bundle).extractall(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def device_python(tmp_path_factory):
+    """An interpreter with numpy and nothing else: a venv without pip, numpy linked in."""
+    venv = tmp_path_factory.mktemp("device-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    numpy_dir = Path(importlib.util.find_spec("numpy").origin).parent
+    for d in [numpy_dir] + list(numpy_dir.parent.glob("numpy.libs")):
+        os.symlink(d, site / d.name)
+    return venv / "bin" / "python"
+
+
+def run_on_device(device_python, device, code, cwd):
+    """Run ``code`` in ``device_python`` with only the unpacked bundle on the path."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(device), "PYTHONNOUSERSITE": "1"}
+    return subprocess.run([str(device_python), "-c", code], capture_output=True, text=True,
+                          env=env, cwd=cwd)
 
 
 def test_bundle_has_the_runtime_and_no_compiler(bundle):
@@ -42,8 +78,42 @@ def test_bundle_is_byte_identical_when_rebuilt(bundle, tmp_path):
     assert again.read_bytes() == bundle.read_bytes()
 
 
-def test_a_fresh_venv_with_only_the_bundle_and_numpy_runs_a_model(bundle, host_artifact,
-                                                                  tmp_path):
+def test_bundle_python_files_are_the_top_level_modules_of_the_package(bundle):
+    """The package without its build side: every module at the package top, nothing from
+    ``compile/``."""
+    names = zipfile.ZipFile(bundle).namelist()
+    bundled = sorted(n for n in names if n.startswith("neo_edge_runtime/") and n.endswith(".py"))
+    top_level = sorted(f"neo_edge_runtime/{p.name}" for p in PACKAGE_DIR.glob("*.py"))
+    assert bundled == top_level
+    assert "neo_edge_runtime/runtime.py" in bundled and "neo_edge_runtime/store.py" in bundled
+    assert not [n for n in names if n.startswith("neo_edge_runtime/compile/")]
+
+
+def test_every_module_of_the_bundle_imports_with_only_numpy(device, device_python, tmp_path):
+    modules = sorted(f"neo_edge_runtime.{p.stem}"
+                     for p in (device / "neo_edge_runtime").glob("*.py") if p.stem != "__init__")
+    code = textwrap.dedent(f"""
+        import importlib, sys
+        for package in ("tvm", "tvm_ffi", "onnx"):
+            try:
+                __import__(package)
+            except ImportError:
+                pass
+            else:
+                sys.exit(f"the {{package}} package is importable in the device venv")
+        import neo_edge_runtime
+        for name in {modules!r}:
+            module = importlib.import_module(name)
+            assert module.__file__.startswith({str(device)!r}), module.__file__
+        print(len({modules!r}))
+    """)
+    out = run_on_device(device_python, device, code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(len(modules)) and "neo_edge_runtime.runtime" in modules
+
+
+def test_a_fresh_venv_with_only_the_bundle_and_numpy_runs_a_model(device, device_python,
+                                                                  host_artifact, tmp_path):
     """No tvm package at all: the bundle alone loads and runs the compiled model."""
     from neo_edge_runtime import EdgeModel
 
@@ -52,14 +122,6 @@ def test_a_fresh_venv_with_only_the_bundle_and_numpy_runs_a_model(bundle, host_a
     expected = EdgeModel.load(host_artifact).predict(x)["output"]
     np.save(tmp_path / "expected.npy", expected)
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    numpy_dir = Path(importlib.util.find_spec("numpy").origin).parent
-    for d in [numpy_dir] + list(numpy_dir.parent.glob("numpy.libs")):
-        os.symlink(d, site / d.name)
-    device = tmp_path / "device"
-    zipfile.ZipFile(bundle).extractall(device)
     code = textwrap.dedent(f"""
         import sys, numpy as np
         for package in ("tvm", "tvm_ffi"):
@@ -77,8 +139,107 @@ def test_a_fresh_venv_with_only_the_bundle_and_numpy_runs_a_model(bundle, host_a
         assert "libtvm_compiler" not in open("/proc/self/maps").read()
         print("ok", m.name)
     """)
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(device), "PYTHONNOUSERSITE": "1"}
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True,
-                         text=True, env=env, cwd=tmp_path)
+    out = run_on_device(device_python, device, code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok ops"
+
+
+def test_bundle_handler_is_the_one_the_construct_library_ships(bundle):
+    shipped = REPO_ROOT / "lambda" / "edge_inference" / "edge_inference.py"
+    assert zipfile.ZipFile(bundle).read("edge_inference.py") == shipped.read_bytes()
+
+
+def test_the_bundle_builder_imports_neither_the_constructs_nor_tvm():
+    """A machine with the construct library alone builds bundles: finding the handler
+    imports no aws-cdk, and the builder no numpy or TVM."""
+    code = ("import sys; from neo_edge_runtime.compile.bundle import handler_path; "
+            "print(handler_path()); "
+            "loaded = {'neo_edge', 'aws_cdk', 'numpy', 'tvm', 'tvm_ffi'} & set(sys.modules); "
+            "assert not loaded, sorted(loaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).resolve() == \
+        (REPO_ROOT / "lambda" / "edge_inference" / "edge_inference.py").resolve()
+
+
+def test_fails_when_the_construct_library_is_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "neo_edge", None)  # find_spec then finds nothing
+    with pytest.raises(BundleError, match=r"needs the on-device handler edge_inference.py, "
+                                          r"which the construct library ships, and neo_edge "
+                                          r"is not installed"):
+        handler_path()
+
+
+def test_pinned_versions_are_pyproject_pins():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    pins = dict(r.split("==", 1) for r in requirements
+                if r.split("==")[0] in ("apache-tvm", "apache-tvm-ffi"))
+    assert pins == {"apache-tvm": APACHE_TVM_VERSION, "apache-tvm-ffi": APACHE_TVM_FFI_VERSION}
+
+
+def _without_tvm(monkeypatch):
+    for module in ("tvm", "tvm_ffi"):
+        monkeypatch.setitem(sys.modules, module, None)  # not importable, as find_spec sees it
+
+
+def test_without_tvm_installed_the_host_bundle_comes_from_cached_wheels(monkeypatch, tmp_path):
+    """No apache-tvm on this machine: the host's libraries come from its wheels, as another
+    architecture's do (a cache filled by an earlier download: nothing is downloaded)."""
+    _without_tvm(monkeypatch)
+    monkeypatch.setattr(bundle_module, "_strip", lambda data, arch: data)
+    arch = host_arch()
+    cached = tmp_path / arch
+    (cached / "wheels").mkdir(parents=True)
+    for name in (f"apache_tvm-{APACHE_TVM_VERSION}-py3-none-any.whl",
+                 f"apache_tvm_ffi-{APACHE_TVM_FFI_VERSION}-cp311-cp311-any.whl"):
+        (cached / "wheels" / name).write_bytes(b"")
+    for lib in ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"):
+        (cached / "site" / lib).parent.mkdir(parents=True, exist_ok=True)
+        (cached / "site" / lib).write_bytes(f"cached {lib}".encode())
+    files = bundle_files(arch, cache=tmp_path)
+    assert files["neo_edge_runtime/_lib/libtvm_runtime.so"] == b"cached tvm/lib/libtvm_runtime.so"
+    assert files["neo_edge_runtime/_lib/libtvm_ffi.so"] == b"cached tvm_ffi/lib/libtvm_ffi.so"
+
+
+def test_without_tvm_installed_the_host_wheels_are_downloaded_at_the_pins(monkeypatch,
+                                                                          tmp_path):
+    _without_tvm(monkeypatch)
+    calls = []
+
+    def no_network(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network in this test")
+
+    monkeypatch.setattr(bundle_module.subprocess, "run", no_network)
+    arch = host_arch()
+    with pytest.raises(BundleError, match=rf"could not download the {arch} wheels of "
+                                          rf"apache-tvm=={APACHE_TVM_VERSION}, "
+                                          rf"apache-tvm-ffi=={APACHE_TVM_FFI_VERSION}: "
+                                          r"\['ERROR: no network in this test'\]"):
+        bundle_files(arch, cache=tmp_path)
+    pip, = calls
+    assert pip[1:4] == ["-m", "pip", "download"]
+    assert pip[pip.index("--platform") + 1] == bundle_module.WHEEL_PLATFORMS[arch]
+    assert "--only-binary=:all:" in pip
+
+
+def test_a_cache_of_other_versions_is_replaced(monkeypatch, tmp_path):
+    """Wheels cached for other pins are not used: the pinned ones are fetched again."""
+    _without_tvm(monkeypatch)
+    arch = host_arch()
+    stale = tmp_path / arch
+    (stale / "wheels").mkdir(parents=True)
+    (stale / "wheels" / "apache_tvm-0.1.0-py3-none-any.whl").write_bytes(b"")
+    (stale / "wheels" / "apache_tvm_ffi-0.0.1-cp311-cp311-any.whl").write_bytes(b"")
+    for lib in ("tvm/lib", "tvm_ffi/lib"):
+        (stale / "site" / lib).mkdir(parents=True)
+    calls = []
+    monkeypatch.setattr(bundle_module.subprocess, "run", lambda cmd, **kwargs: (
+        calls.append(cmd), subprocess.CompletedProcess(cmd, 1, "", "offline"))[1])
+    with pytest.raises(BundleError, match="could not download"):
+        bundle_files(arch, cache=tmp_path)
+    assert len(calls) == 1
+    assert not list((stale / "wheels").glob("*.whl"))

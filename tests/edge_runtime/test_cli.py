@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 
-from neo_edge_runtime.cli import main
+from neo_edge_runtime.compile.cli import main
 
 
 def test_help_names_every_command():
-    out = subprocess.run([sys.executable, "-m", "neo_edge_runtime.cli", "--help"],
+    out = subprocess.run([sys.executable, "-m", "neo_edge_runtime.compile.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for cmd in ("compile", "run", "bench", "inspect", "targets"):
         assert cmd in out

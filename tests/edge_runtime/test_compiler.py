@@ -11,7 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from neo_edge_runtime import CompileError, EdgeModel, TargetError, compile_model, zoo
+from neo_edge_runtime import CompileError, EdgeModel, TargetError, compile_model
+from neo_edge_runtime.compile import zoo
 from neo_edge_runtime.artifact import MANIFEST
 
 ELF_MACHINES = {62: "EM_X86_64", 183: "EM_AARCH64", 40: "EM_ARM"}
@@ -69,7 +70,7 @@ def test_concatenations_are_read_in_parts_and_match_onnxruntime(tmp_path, rng):
     import tvm
     from tvm import relax
 
-    from neo_edge_runtime import compiler
+    from neo_edge_runtime.compile import compiler
     from neo_edge_runtime.targets import resolve
 
     path = tmp_path / "fires.onnx"

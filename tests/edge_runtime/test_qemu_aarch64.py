@@ -9,6 +9,7 @@ comes from ``make qemu-sysroot`` (part of ``make setup``, scripts/qemu-aarch64-s
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import textwrap
 import zipfile
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 
 from neo_edge_runtime import EdgeModel, artifact, compile_model
-from neo_edge_runtime.bundle import REPO_ROOT, build_bundle
+from neo_edge_runtime.compile.bundle import build_bundle
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 QEMU_DIR = REPO_ROOT / "build" / "qemu-aarch64"
 SYSROOT = QEMU_DIR / "sysroot"
 
@@ -61,7 +63,8 @@ def device_dir(tmp_path_factory):
     """The aarch64 bundle, built from this checkout and unpacked as a device would."""
     tmp = tmp_path_factory.mktemp("aarch64")
     device = tmp / "device"
-    zipfile.ZipFile(build_bundle("aarch64", tmp)).extractall(device)
+    bundle = build_bundle("aarch64", tmp, cache=REPO_ROOT / "build" / "wheels")
+    zipfile.ZipFile(bundle).extractall(device)
     return device
 
 

@@ -10,7 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from neo_edge_runtime import EdgeModel, compile_model, compiler, schedules, zoo
+from neo_edge_runtime import EdgeModel, compile_model
+from neo_edge_runtime.compile import compiler, schedules, zoo
 from neo_edge_runtime.runtime import physical_cores
 from neo_edge_runtime.targets import resolve
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from neo_edge_runtime import ArtifactError, ModelStore, compile_model, zoo
+from neo_edge_runtime import ArtifactError, ModelStore, compile_model
+from neo_edge_runtime.compile import zoo
 from neo_edge_runtime.artifact import write_manifest
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from neo_edge_runtime import (EdgeModel, artifact, compile_model, compiler, schedules,
-                              winograd)
+from neo_edge_runtime import EdgeModel, artifact, compile_model
+from neo_edge_runtime.compile import compiler, schedules, winograd
 from neo_edge_runtime.targets import resolve
 
 tvm = pytest.importorskip("tvm")

@@ -16,7 +16,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from neo_edge_runtime import recipe as recipes
+from neo_edge_runtime.compile import recipe as recipes
 
 BUCKET = "artifacts"
 COMPONENT = "com.example.Digits"

@@ -649,9 +649,9 @@ WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 def compiled(tmp_path_factory):
     """Two versions of a tiny classifier compiled for this host by the real compiler."""
     try:
-        from neo_edge_runtime.compiler import compile_model
+        from neo_edge_runtime.compile.compiler import compile_model
     except ImportError as exc:  # the compiler is part of the runtime package's build extra
-        pytest.skip(f"neo_edge_runtime.compiler is not importable: {exc}")
+        pytest.skip(f"neo_edge_runtime.compile.compiler is not importable: {exc}")
     root = tmp_path_factory.mktemp("compiled")
     metadata = {"task": "classification", "labels": ["a", "b", "c"]}
     out = {}

@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .errors import NeoEdgeError
+from ..errors import NeoEdgeError
 
 #: The only recipe format Greengrass V2 knows.
 RECIPE_FORMAT_VERSION = "2020-01-25"

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import artifact
-from .errors import CompileError, TargetError
-from .targets import Target, framework as framework_spec, host_arch, resolve
+from .. import artifact
+from ..errors import CompileError, TargetError
+from ..targets import Target, framework as framework_spec, host_arch, resolve
 
 _SUFFIX_FRAMEWORK = {
     ".onnx": "ONNX", ".json": "XGBOOST", ".ubj": "XGBOOST", ".xgb": "XGBOOST",
@@ -936,7 +936,7 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
         mod, param_values = _untuned(mod, param_values, tvm_target)
         return tvm.compile(mod, target=tvm_target), param_values, {"trials": 0}
 
-    from .runtime import physical_cores
+    from ..runtime import physical_cores
 
     # MetaSchedule measures candidates on this machine and sizes them for its cores: as
     # many as the runtime's thread pool gets by default.
@@ -969,7 +969,7 @@ def _measuring_threads(cores: int):
     half the logical CPUs on x86 (one thread on a 2-core machine without SMT), which would
     tune for, and pick, schedules that suit one core.
     """
-    from .runtime import POOL_SIZE_VARIABLE as name
+    from ..runtime import POOL_SIZE_VARIABLE as name
 
     before = os.environ.get(name)
     os.environ[name] = str(cores)

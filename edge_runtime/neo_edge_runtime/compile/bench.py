@@ -1,7 +1,7 @@
 """Latency of a compiled artifact next to ONNX Runtime's, same input, same threads.
 
-Build-machine helper for ``neo-edge bench`` and ``benchmarks/``; on a device only the
-TVM half runs (ONNX Runtime is optional).
+Build-machine helper for ``neo-edge bench`` and ``benchmarks/``; ONNX Runtime is
+imported only when a comparison is asked for.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def ort_session(onnx_path: str, threads: int):
 def bench_artifact(artifact_dir: str, *, onnx_path: Optional[str] = None, threads: int = 1,
                    runs: int = 200, warmup: int = 10, seed: int = 0) -> dict:
     """Median/p90 latency of the artifact and, given ``onnx_path``, of ONNX Runtime."""
-    from .runtime import EdgeModel
+    from ..runtime import EdgeModel
 
     model = EdgeModel.load(artifact_dir, num_threads=threads)
     rng = np.random.default_rng(seed)

@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-#: Vector registers a tile may keep busy as accumulators: the rest hold the broadcast
-#: input and the weight vectors.
-_SPARE_REGISTERS = 4
+from . import winograd
+from ._tiling import SPARE_REGISTERS, register_tiles, vector_split, vector_width, vectorize
+
 #: TensorIR iteration kinds (tirx.IterVar): spatial and reduction.
 _SPATIAL, _REDUCE = 0, 2
 #: A convolution block iterates (n, y, x, f) and reduces (kh, kw, ci).
@@ -159,38 +159,6 @@ def _concat_parts(func) -> Optional[tuple[int, ...]]:
     return tuple(n for _, n in parts)
 
 
-def _divisors(n: int, lo: int, hi: int) -> list[int]:
-    return [d for d in range(lo, min(n, hi) + 1) if n % d == 0]
-
-
-def register_tiles(width: int, channels: int, lanes: int, registers: int,
-                   depthwise: bool) -> list[tuple[float, int, int, int]]:
-    """(score, x_block, f_block, vector width) of the register tiles that fit an output of
-    ``width`` columns by ``channels`` channels, the most promising first."""
-    vector = vector_width(channels, lanes)
-    if vector == 1:
-        return []
-    budget = registers - _SPARE_REGISTERS
-    f_blocks = [f for f in _divisors(channels, vector, 4 * lanes) if f % vector == 0]
-    # Column blocks that divide the width, and small ones that leave a (predicated) tail
-    # for widths with no useful divisor (13, 55, 111...).
-    x_blocks = sorted(set(_divisors(width, 2, 16)) |
-                      {x for x in range(3, 9) if x < width}) or [1]
-    tiles = []
-    for f in f_blocks:
-        for x in x_blocks:
-            acc = x * f // vector
-            if acc > budget:
-                continue
-            tail = (-width % x) / width  # wasted fraction
-            # Favour tiles that fill the registers and broadcast each input to 2+ vectors
-            # (for depthwise kernels every load is a vector: the tile width matters less).
-            score = acc + (0 if depthwise else 4 * min(f // vector, 3)) - 40 * tail
-            tiles.append((score, x, f, vector))
-    tiles.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return tiles
-
-
 def _both_sizes(tiles: list, half: int) -> list:
     """``tiles`` (:func:`register_tiles`) reordered to alternate between tiles of more
     than ``half`` accumulators and the others, each kind best first.
@@ -214,8 +182,6 @@ def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
 
     ``lanes``: float32 elements per vector register; ``registers``: vector registers.
     """
-    from . import winograd
-
     if _pool_block(func):
         return [PoolConfig(lanes)]
     parts = _concat_parts(func)
@@ -226,7 +192,7 @@ def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
         return winograd.candidates(func, lanes, registers, limit)
     tiles = _both_sizes(register_tiles(shape.out_width, shape.out_channels, lanes,
                                        registers, depthwise=shape.reduction[2] == 1),
-                        (registers - _SPARE_REGISTERS) // 2)
+                        (registers - SPARE_REGISTERS) // 2)
     pads = ["separate", "inline"] if shape.padded else ["inline"]
     configs = [ConvConfig(x, f, width, pad) for _, x, f, width in tiles for pad in pads]
     weights = shape.reduction[0] * shape.reduction[1] * shape.reduction[2] * shape.out_channels
@@ -240,8 +206,6 @@ def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
 def apply(sch, config) -> None:
     """Schedule the kernel in ``sch`` with ``config``, one of :func:`candidates`."""
     from tvm.s_tir import meta_schedule as ms
-
-    from . import winograd
 
     if isinstance(config, winograd.WinogradConfig):
         winograd.apply(sch, config)
@@ -330,29 +294,6 @@ def _apply_concat(sch, config: ConcatConfig) -> None:
     for part in sch.loop_partition(vectors, [n // step for n in config.parts[:-1]] + [None]):
         block, = sch.get_child_blocks(part)
         sch.vectorize(sch.get_loops(block)[-1])
-
-
-def vector_width(n: int, lanes: int) -> int:
-    """Elements per vector for ``n`` channels: ``lanes``, or half as many where ``lanes``
-    does not divide ``n``; 1 (scalar) where neither does."""
-    return next(v for v in (lanes, lanes // 2, 1) if n % v == 0)
-
-
-def vector_split(sch, loop, lanes: int):
-    """``loop`` split for vectors of :func:`vector_width` elements: (outer, inner), inner
-    None where no vector fits."""
-    extent = int(sch.get(loop).extent)
-    step = vector_width(extent, lanes)
-    if step == 1:
-        return loop, None
-    return sch.split(loop, [None, step])
-
-
-def vectorize(sch, loop, lanes: int) -> None:
-    """Vectorize ``loop`` by :func:`vector_split`'s inner loop, if it has one."""
-    _, inner = vector_split(sch, loop, lanes)
-    if inner is not None:
-        sch.vectorize(inner)
 
 
 def vector_config(target) -> tuple[int, int]:

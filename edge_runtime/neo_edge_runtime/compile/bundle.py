@@ -2,8 +2,9 @@
 
 A zip whose root is a folder for ``PYTHONPATH``::
 
-    edge_inference.py            the on-device handler (lambda/edge_inference)
-    neo_edge_runtime/            this package, device modules only
+    edge_inference.py            the on-device handler (lambda/edge_inference, shipped
+                                 by the construct library as neo_edge/_functions)
+    neo_edge_runtime/            the package without its build side (compile/)
     neo_edge_runtime/_lib/       libtvm_ffi.so, libtvm_runtime.so
                                  (+ libtvm_runtime_cuda.so for NVIDIA)
 
@@ -13,10 +14,16 @@ a device prerequisite (as it is for ONNX Runtime), not part of the bundle. GPU a
 run through TVM's Python runtime, so an NVIDIA device also needs the ``apache-tvm``
 wheel.
 
-For the build machine's architecture the files come from the installed wheels; for
-another architecture from that architecture's wheels of the same pinned versions
-(``pip download --platform manylinux_2_28_aarch64 --only-binary=:all:``). Shared
-libraries are stripped of symbols with the architecture's ``strip``. The zip is
+The libraries are those of the pinned versions (:data:`APACHE_TVM_VERSION`,
+:data:`APACHE_TVM_FFI_VERSION`). For the build machine's architecture they come from the
+installed wheels when those are the pinned versions; otherwise, and for another
+architecture, from that architecture's wheels (``pip download --platform
+manylinux_2_28_aarch64 --only-binary=:all:``), kept in a cache folder. So a machine with
+the construct library alone (no apache-tvm) builds every bundle::
+
+    python -m neo_edge_runtime.compile.bundle --arch aarch64 --arch x86_64
+
+Shared libraries are stripped of symbols with the architecture's ``strip``. The zip is
 deterministic: sorted entries, fixed timestamps.
 """
 
@@ -34,18 +41,26 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import NeoEdgeError
-from .targets import host_arch
+from ..errors import NeoEdgeError
+from ..targets import host_arch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parents[1]
-HANDLER = REPO_ROOT / "lambda" / "edge_inference" / "edge_inference.py"
+#: The ``neo_edge_runtime`` package folder.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: Folders of the package a device bundle leaves out: the build side (this subpackage)
+#: and the libraries of the build machine (the bundle carries its own in ``_lib/``).
+EXCLUDED = ("compile", "_lib")
 
-#: Modules of this package a device never needs (they import the compiler or onnx).
-BUILD_ONLY = ("compiler.py", "xgboost_onnx.py", "zoo.py", "bench.py", "bundle.py")
+#: The TVM runtime library and FFI a bundle carries: pyproject.toml's pins.
+APACHE_TVM_VERSION = "0.27.0.post1"
+APACHE_TVM_FFI_VERSION = "0.1.14.post1"
+_PINS = (("apache-tvm", "tvm", APACHE_TVM_VERSION),
+         ("apache-tvm-ffi", "tvm_ffi", APACHE_TVM_FFI_VERSION))
 #: manylinux platform tags per device architecture.
 WHEEL_PLATFORMS = {"x86_64": "manylinux_2_28_x86_64", "aarch64": "manylinux_2_28_aarch64"}
 STRIP = {"x86_64": "strip", "aarch64": "aarch64-linux-gnu-strip"}
+#: Where downloaded wheels are kept unless a cache is given (relative to the current
+#: directory, as the output folder is).
+DEFAULT_CACHE = Path("build") / "wheels"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -53,24 +68,64 @@ class BundleError(NeoEdgeError):
     """A device bundle that cannot be built for the architecture asked for."""
 
 
-def _pinned(dist: str) -> str:
-    return importlib.metadata.version(dist)
+def handler_path() -> Path:
+    """The on-device handler ``edge_inference.py`` that the construct library ships
+    (``neo_edge/_functions/edge_inference/``), found without importing ``neo_edge`` (which
+    would import aws-cdk)."""
+    spec = importlib.util.find_spec("neo_edge")
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError("the device bundle needs the on-device handler edge_inference.py, "
+                          "which the construct library ships, and neo_edge is not installed "
+                          f"for {sys.executable}: install the neo-edge package")
+    path = (Path(list(spec.submodule_search_locations)[0]) / "_functions" / "edge_inference"
+            / "edge_inference.py")
+    if not path.is_file():
+        raise BundleError(f"the on-device handler is missing from the construct library: "
+                          f"{path} does not exist")
+    return path
+
+
+def _installed_tree() -> Optional[tuple[Path, Path]]:
+    """(tvm package dir, tvm_ffi package dir) of the installed wheels, or None unless both
+    are installed at the pinned versions."""
+    dirs = []
+    for dist, module, version in _PINS:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        try:
+            if importlib.metadata.version(dist) != version:
+                return None
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        dirs.append(Path(list(spec.submodule_search_locations)[0]))
+    return dirs[0], dirs[1]
+
+
+def _cached(dest: Path) -> bool:
+    """Whether ``dest`` holds the pinned wheels for one architecture, unpacked."""
+    wheels = [w.name for w in (dest / "wheels").glob("*.whl")]
+    return ((dest / "site" / "tvm_ffi" / "lib").is_dir() and (dest / "site" / "tvm").is_dir()
+            and all(any(w.startswith(f"{dist.replace('-', '_')}-{version}-") for w in wheels)
+                    for dist, _, version in _PINS))
 
 
 def _wheel_tree(arch: str, cache: Path) -> tuple[Path, Path]:
     """(tvm package dir, tvm_ffi package dir) for ``arch``."""
     if arch == host_arch():
-        tvm_dir = Path(list(importlib.util.find_spec("tvm").submodule_search_locations)[0])
-        ffi_dir = Path(list(importlib.util.find_spec("tvm_ffi").submodule_search_locations)[0])
-        return tvm_dir, ffi_dir
+        installed = _installed_tree()
+        if installed is not None:
+            return installed
     if arch not in WHEEL_PLATFORMS:
         raise BundleError(f"no device bundle for {arch!r}: apache-tvm publishes wheels for "
                           f"{', '.join(WHEEL_PLATFORMS)} only")
     dest = cache / arch
     unpacked = dest / "site"
-    if not (unpacked / "tvm_ffi" / "lib").is_dir() or not (unpacked / "tvm").is_dir():
+    if not _cached(dest):
+        for stale in (dest / "wheels", unpacked):
+            shutil.rmtree(stale, ignore_errors=True)
         dest.mkdir(parents=True, exist_ok=True)
-        reqs = [f"apache-tvm=={_pinned('apache-tvm')}", f"apache-tvm-ffi=={_pinned('apache-tvm-ffi')}"]
+        reqs = [f"{dist}=={version}" for dist, _, version in _PINS]
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
              "--platform", WHEEL_PLATFORMS[arch], "--python-version", "3.11",
@@ -98,16 +153,25 @@ def _strip(data: bytes, arch: str) -> bytes:
         return f.read_bytes()
 
 
-def bundle_files(arch: str, *, cuda: bool = False, cache: Optional[Path] = None) -> dict:
-    """Map of path inside the bundle to bytes, for ``arch`` (and NVIDIA GPUs if ``cuda``)."""
-    cache = cache or REPO_ROOT / "build" / "wheels"
-    tvm_dir, ffi_dir = _wheel_tree(arch, cache)
-    files: dict[str, bytes] = {}
+def package_files() -> dict[str, bytes]:
+    """The device part of ``neo_edge_runtime``: every file of the package but the build
+    side (``compile/``), ``_lib/`` and ``__pycache__``, keyed by its path in the bundle."""
+    files = {}
     for f in sorted(PACKAGE_DIR.rglob("*")):
-        rel = f.relative_to(PACKAGE_DIR).as_posix()
-        if f.is_file() and "__pycache__" not in rel and rel not in BUILD_ONLY \
-                and not rel.startswith("_lib/"):
-            files[f"neo_edge_runtime/{rel}"] = f.read_bytes()
+        parts = f.relative_to(PACKAGE_DIR).parts
+        if f.is_file() and parts[0] not in EXCLUDED and "__pycache__" not in parts:
+            files["/".join(("neo_edge_runtime", *parts))] = f.read_bytes()
+    return files
+
+
+def bundle_files(arch: str, *, cuda: bool = False, cache: Optional[Path] = None) -> dict:
+    """Map of path inside the bundle to bytes, for ``arch`` (and NVIDIA GPUs if ``cuda``).
+
+    ``cache``: where downloaded wheels are kept. Default: ``build/wheels`` in the current
+    directory.
+    """
+    tvm_dir, ffi_dir = _wheel_tree(arch, Path(cache or DEFAULT_CACHE))
+    files = package_files()
     libs = [ffi_dir / "lib" / "libtvm_ffi.so", tvm_dir / "lib" / "libtvm_runtime.so"]
     if cuda:
         libs.append(tvm_dir / "lib" / "libtvm_runtime_cuda.so")
@@ -115,7 +179,7 @@ def bundle_files(arch: str, *, cuda: bool = False, cache: Optional[Path] = None)
         if not src.is_file():
             raise BundleError(f"{src} is missing from the {arch} wheels")
         files[f"neo_edge_runtime/_lib/{src.name}"] = _strip(src.read_bytes(), arch)
-    files["edge_inference.py"] = HANDLER.read_bytes()
+    files["edge_inference.py"] = handler_path().read_bytes()
     return files
 
 
@@ -149,15 +213,17 @@ def installed_size(files: dict) -> int:
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m neo_edge_runtime.bundle",
+    p = argparse.ArgumentParser(prog="python -m neo_edge_runtime.compile.bundle",
                                 description="Build the device bundle of the edge runtime.")
     p.add_argument("--arch", action="append", help="x86_64, aarch64 (repeatable; default: this "
                                                    "machine's)")
     p.add_argument("--cuda", action="store_true", help="also include the CUDA runtime module")
     p.add_argument("--output", default="build/bundle")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE),
+                   help="where downloaded wheels are kept (default: %(default)s)")
     args = p.parse_args(argv)
     for arch in args.arch or [host_arch()]:
-        path = build_bundle(arch, args.output, cuda=args.cuda)
+        path = build_bundle(arch, args.output, cuda=args.cuda, cache=Path(args.cache))
         with zipfile.ZipFile(path) as z:
             size = sum(i.file_size for i in z.infolist())
         print(f"{path}  {path.stat().st_size / 1e6:.2f} MB zipped, {size / 1e6:.2f} MB installed")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import NeoEdgeError
+from ..errors import NeoEdgeError
 
 EPILOG = """\
 examples:
@@ -65,7 +65,7 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .runtime import EdgeModel
+    from ..runtime import EdgeModel
 
     model = EdgeModel.load(args.artifact, num_threads=args.threads)
     if args.input:
@@ -94,7 +94,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import artifact
+    from .. import artifact
 
     manifest = artifact.verify(args.artifact) if args.verify else \
         artifact.read_manifest(args.artifact)
@@ -103,7 +103,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_targets(args) -> int:
-    from .targets import TARGET_DEVICES, UNSUPPORTED_DEVICES, host_target
+    from ..targets import TARGET_DEVICES, UNSUPPORTED_DEVICES, host_target
 
     rows = [host_target()] + [TARGET_DEVICES[k] for k in sorted(TARGET_DEVICES)]
     for t in rows:
@@ -171,12 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Top-level modules of the ``compiler`` extra: the construct library alone does not install them.
+COMPILER_EXTRA_MODULES = frozenset({"numpy", "tvm", "tvm_ffi", "onnx", "onnxruntime", "xgboost",
+                                    "sklearn", "psutil", "cloudpickle", "tqdm"})
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except NeoEdgeError as exc:
         print(f"neo-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in COMPILER_EXTRA_MODULES:
+            raise
+        print(f"neo-edge {args.command}: error: this command needs the compiler, which is not "
+              f"installed (no module {exc.name!r}): pip install 'neo-edge[compiler]' "
+              f"(Python 3.11 or newer)", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CompileError
+from ..errors import CompileError
 
 SUPPORTED_OBJECTIVES = (
     "reg:squarederror", "reg:linear", "reg:logistic", "binary:logistic",

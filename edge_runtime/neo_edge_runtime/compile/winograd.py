@@ -10,8 +10,9 @@ for F(4x4). The work becomes
 2. input: ``V = B^T d B`` per input tile and channel;
 3. (m + 2)^2 independent matrix products ``M[a, b] = V[a, b] @ U[a, b]`` over the input
    channels, the bulk of the work, scheduled like the direct convolution's register tile
-   (:mod:`.schedules`): a block of tiles x a block of output channels held in vector
-   registers, weights packed in the order the tile reads them;
+   (:mod:`.schedules`; both take their tile sizes from :mod:`._tiling`): a block of tiles
+   x a block of output channels held in vector registers, weights packed in the order the
+   tile reads them;
 4. output: ``Y = A^T M A`` per tile, followed by the layer's fused epilogue (shift,
    activation, residual add).
 
@@ -35,7 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .schedules import register_tiles, vector_split, vectorize
+from ._tiling import register_tiles, vector_split, vectorize
 
 #: Output tile sizes m of F(m x m, 3 x 3) this module computes.
 TILES = (2, 4)
