@@ -279,9 +279,13 @@ class NeoEdgePipeline(Construct):
         # --- telemetry ------------------------------------------------------------------------
         self.telemetry: Optional[EdgeTelemetry] = telemetry
         if telemetry is None and enable_telemetry:
+            # The retraining pipeline deploys new versions under deployment ids known only
+            # when it runs: with it, every failed deployment in the account and region
+            # alerts, not only the one this stack creates.
             self.telemetry = EdgeTelemetry(
                 self, "Telemetry", fleet=self.fleet, results_bucket=self.bucket.bucket,
-                model_names=[model_name], deployment=self.deployment, alert_topic=alert_topic)
+                model_names=[model_name], deployment=None if retrain else self.deployment,
+                alert_topic=alert_topic)
         if alert_topic is None and self.telemetry is not None:
             alert_topic = self.telemetry.alert_topic
 

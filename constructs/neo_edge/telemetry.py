@@ -236,9 +236,12 @@ class EdgeTelemetry(Construct):
                           source_arn=self.topic_rule.attr_arn, source_account=stack.account)
 
         # --- Greengrass events ----------------------------------------------------------------
+        # Field names as AWS documents the two events ("Get deployment and component health
+        # status notifications", Greengrass V2 developer guide): detail.deploymentId and
+        # detail.coreDeviceExecutionStatus; detail.components[].lifecycleState.
         detail: dict = {"coreDeviceExecutionStatus": list(_FAILED_DEPLOYMENT)}
         if deployment is not None:
-            detail["deployment-id"] = [deployment.deployment_id]
+            detail["deploymentId"] = [deployment.deployment_id]
         self.deployment_failures_rule = events.Rule(
             self, "DeploymentFailures",
             description=f"Greengrass deployments that failed on a device ({self.fleet_name})",
@@ -252,7 +255,7 @@ class EdgeTelemetry(Construct):
             event_pattern=events.EventPattern(
                 source=["aws.greengrass"],
                 detail_type=["Greengrass V2 Installed Component Status Change"],
-                detail={"componentLifecycleState": list(_BROKEN_COMPONENT)}),
+                detail={"components": {"lifecycleState": list(_BROKEN_COMPONENT)}}),
             targets=[targets.SnsTopic(alert_topic)])
 
         # --- alarms and dashboard ---------------------------------------------------------------

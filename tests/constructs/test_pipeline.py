@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_s3 as s3
-from aws_cdk.assertions import Match
+from aws_cdk.assertions import Match, Template
 
 from checks import synth_checked
 from neo_edge import (DeploymentComponent, EdgeDeployment, EdgeFleet, ModelArtifactBucket,
@@ -114,6 +114,28 @@ def test_telemetry_and_retraining_share_one_alert_topic(built):
 def test_telemetry_watches_the_model(built):
     built.default.has_resource_properties("AWS::CloudWatch::Alarm", {
         "MetricName": "InferenceLatency", "Dimensions": [{"Name": "ModelName", "Value": "digits"}]})
+
+
+def _deployment_failure_detail(template) -> dict:
+    (pattern,) = [r["Properties"]["EventPattern"]
+                  for r in template.find_resources("AWS::Events::Rule").values()
+                  if r["Properties"]["EventPattern"].get("detail-type")
+                  == ["Greengrass V2 Effective Deployment Status Change"]]
+    return pattern["detail"]
+
+
+def test_with_retraining_every_deployment_failure_alerts(built):
+    # The retraining pipeline's deployments get their ids when it runs.
+    assert "deploymentId" not in _deployment_failure_detail(built.default)
+
+
+def test_without_retraining_telemetry_watches_its_deployment(bundles):
+    stack = cdk.Stack(cdk.App(), "Compiled")
+    pipeline = NeoEdgePipeline(stack, "P", runtime_bundles=bundles, model="models/model.tar.gz",
+                               targets=["rasp4b"])
+    assert pipeline.retraining is None
+    detail = _deployment_failure_detail(Template.from_stack(stack))
+    assert detail["deploymentId"] == [stack.resolve(pipeline.deployment.deployment_id)]
 
 
 def test_retraining_reuses_the_parts(built):

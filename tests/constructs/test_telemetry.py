@@ -108,8 +108,99 @@ def test_deployment_failures_of_this_deployment_alert(built):
             "source": ["aws.greengrass"],
             "detail-type": ["Greengrass V2 Effective Deployment Status Change"],
             "detail": {"coreDeviceExecutionStatus": ["FAILED", "REJECTED", "TIMED_OUT"],
-                       "deployment-id": ["dep-123"]}},
+                       "deploymentId": ["dep-123"]}},
         "Targets": [Match.object_like({"Arn": {"Ref": Match.string_like_regexp("TelemetryAlerts")}})]})
+
+
+# The two events as AWS documents them, with the example values replaced where a test needs
+# its own: "Get deployment and component health status notifications", AWS IoT Greengrass V2
+# developer guide (greengrass/v2/developerguide/deployment-health-notifications.html),
+# "Deployment status change event" and "Component status change event".
+DEPLOYMENT_STATUS_EVENT = {
+    "version": "0", "id": "cd4d811e-ab12-322b-8255-EXAMPLEb1bc8",
+    "detail-type": "Greengrass V2 Effective Deployment Status Change",
+    "source": "aws.greengrass", "account": "123456789012", "region": "us-west-2",
+    "time": "2018-03-22T00:38:11Z",
+    "resources": ["arn:aws:greengrass:us-east-1:123456789012:coreDevices:MyGreengrassCore"],
+    "detail": {
+        "deploymentId": "dep-123",
+        "coreDeviceExecutionStatus": "FAILED",
+        "statusDetails": {
+            "errorStack": ["DEPLOYMENT_FAILURE", "ARTIFACT_DOWNLOAD_ERROR", "S3_ERROR",
+                           "S3_ACCESS_DENIED", "S3_HEAD_OBJECT_ACCESS_DENIED"],
+            "errorTypes": ["DEPENDENCY_ERROR", "PERMISSION_ERROR"]},
+        "reason": "Error occurred while processing deployment"},
+}
+COMPONENT_STATUS_EVENT = {
+    "version": "0", "id": "cd4d811e-ab12-322b-8255-EXAMPLEb1bc8",
+    "detail-type": "Greengrass V2 Installed Component Status Change",
+    "source": "aws.greengrass", "account": "123456789012", "region": "us-west-2",
+    "time": "2018-03-22T00:38:11Z",
+    "resources": ["arn:aws:greengrass:us-east-1:123456789012:coreDevices:MyGreengrassCore"],
+    "detail": {"components": [{
+        "componentName": "MyComponent", "componentVersion": "1.0.0", "root": True,
+        "lifecycleState": "BROKEN", "lifecycleStatusCodes": ["STARTUP_ERROR"],
+        "lifecycleStateDetails": "An error occurred during startup. The startup script exited "
+                                 "with code 1."}]},
+}
+
+
+def _values_at(event, path: list) -> list:
+    """The values at ``path`` in ``event``, through arrays of objects on the way."""
+    if isinstance(event, list):
+        return [v for item in event for v in _values_at(item, path)]
+    if not path:
+        return event if isinstance(event, list) else [event]
+    if not isinstance(event, dict) or path[0] not in event:
+        return []
+    return _values_at(event[path[0]], path[1:])
+
+
+def matches(pattern: dict, event: dict, path: tuple = ()) -> bool:
+    """EventBridge's exact-value matching: every field of the pattern has, at its path in
+    the event (arrays of objects included), a value among the pattern's values.
+
+    moto's matcher does not look inside arrays of objects (the component event's
+    ``components``), which EventBridge does; the patterns here use exact values only.
+    """
+    for key, allowed in pattern.items():
+        if isinstance(allowed, dict):
+            if not matches(allowed, event, (*path, key)):
+                return False
+        elif not set(map(json.dumps, _values_at(event, [*path, key]))) & set(map(json.dumps, allowed)):
+            return False
+    return True
+
+
+def _rule_pattern(built, detail_type: str) -> dict:
+    (pattern,) = [r["Properties"]["EventPattern"]
+                  for r in built.template.find_resources("AWS::Events::Rule").values()
+                  if r["Properties"]["EventPattern"].get("detail-type") == [detail_type]]
+    return pattern
+
+
+def test_deployment_rule_matches_aws_documented_failure_event(built):
+    pattern = _rule_pattern(built, "Greengrass V2 Effective Deployment Status Change")
+    assert matches(pattern, DEPLOYMENT_STATUS_EVENT)
+    other = json.loads(json.dumps(DEPLOYMENT_STATUS_EVENT))
+    other["detail"]["deploymentId"] = "another-deployment"
+    assert not matches(pattern, other)
+    succeeded = json.loads(json.dumps(DEPLOYMENT_STATUS_EVENT))
+    succeeded["detail"]["coreDeviceExecutionStatus"] = "SUCCEEDED"
+    assert not matches(pattern, succeeded)
+
+
+def test_component_rule_matches_aws_documented_broken_component_event(built):
+    pattern = _rule_pattern(built, "Greengrass V2 Installed Component Status Change")
+    assert matches(pattern, COMPONENT_STATUS_EVENT)
+    running = json.loads(json.dumps(COMPONENT_STATUS_EVENT))
+    running["detail"]["components"][0]["lifecycleState"] = "RUNNING"
+    assert not matches(pattern, running)
+
+
+def test_event_matcher_can_fail_on_a_wrong_field_name():
+    assert not matches({"detail": {"deployment-id": ["dep-123"]}}, DEPLOYMENT_STATUS_EVENT)
+    assert not matches({"detail": {"componentLifecycleState": ["BROKEN"]}}, COMPONENT_STATUS_EVENT)
 
 
 def test_alarms_per_model_and_for_deployments(built):
