@@ -46,3 +46,40 @@ def synth_checked(app: cdk.App, *stacks: cdk.Stack) -> Template | list[Template]
         assert not findings, f"cfn-lint on {stack.stack_name}:\n" + "\n".join(findings)
         templates.append(Template.from_json(body))
     return templates[0] if len(templates) == 1 else templates
+
+
+def _values_at(event, path: list) -> list:
+    """The values at ``path`` in ``event``, through arrays of objects on the way."""
+    if isinstance(event, list):
+        return [v for item in event for v in _values_at(item, path)]
+    if not path:
+        return event if isinstance(event, list) else [event]
+    if not isinstance(event, dict) or path[0] not in event:
+        return []
+    return _values_at(event[path[0]], path[1:])
+
+
+def _value_matches(value, allowed) -> bool:
+    if isinstance(allowed, dict):
+        (kind, operand), = allowed.items()
+        if kind != "prefix":
+            raise NotImplementedError(f"event pattern filter {kind!r}")
+        return isinstance(value, str) and value.startswith(operand)
+    return json.dumps(value) == json.dumps(allowed)
+
+
+def event_matches(pattern: dict, event: dict, path: tuple = ()) -> bool:
+    """Whether an EventBridge ``pattern`` matches ``event``: every field of the pattern has,
+    at its path in the event (through arrays of objects too), a value among the pattern's
+    exact values or ``{"prefix": ...}`` filters; other filters raise.
+
+    moto's matcher does not look inside arrays of objects (the Greengrass component event's
+    ``components``), which EventBridge does.
+    """
+    for key, allowed in pattern.items():
+        if isinstance(allowed, dict):
+            if not event_matches(allowed, event, (*path, key)):
+                return False
+        elif not any(_value_matches(v, a) for v in _values_at(event, [*path, key]) for a in allowed):
+            return False
+    return True

@@ -23,7 +23,8 @@ from aws_cdk import aws_events as events
 from aws_cdk.assertions import Match
 from moto import mock_aws
 
-from checks import synth_checked
+from aws_samples import OBJECT_CREATED_EVENT
+from checks import event_matches, synth_checked
 from neo_edge import (AlgorithmImage, EdgeDeployment, EdgeFleet, EdgeInferenceComponent,
                       ModelArtifactBucket, NeoCompilationSet, TrainingJob)
 from neo_edge.retrain import RetrainPipeline
@@ -201,6 +202,18 @@ def test_new_data_rule_starts_the_trigger_function(built):
             Match.string_like_regexp("^RetrainTrigger"), "Arn"]}})]})
     built.template.has_resource_properties("AWS::S3::Bucket", {
         "NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}})
+
+
+def test_new_data_rule_matches_aws_documented_object_created_event(built):
+    (pattern,) = [r["Properties"]["EventPattern"]
+                  for r in built.template.find_resources("AWS::Events::Rule").values()
+                  if r["Properties"].get("EventPattern", {}).get("source") == ["aws.s3"]]
+    pattern = json.loads(json.dumps(pattern).replace(
+        json.dumps(pattern["detail"]["bucket"]["name"][0]), '"models-bucket"'))
+    assert event_matches(pattern, OBJECT_CREATED_EVENT)
+    elsewhere = json.loads(json.dumps(OBJECT_CREATED_EVENT))
+    elsewhere["detail"]["object"]["key"] = "compiled/Compile/rasp4b/model.tar.gz"
+    assert not event_matches(pattern, elsewhere)
 
 
 def test_trigger_ignores_the_pipeline_outputs(built):

@@ -11,7 +11,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match
 
-from checks import synth_checked
+from aws_samples import COMPONENT_STATUS_EVENT, DEPLOYMENT_STATUS_EVENT
+from checks import event_matches as matches, synth_checked
 from neo_edge.fleet import EdgeFleet
 from neo_edge.telemetry import METRICS_NAMESPACE, EdgeTelemetry
 
@@ -110,66 +111,6 @@ def test_deployment_failures_of_this_deployment_alert(built):
             "detail": {"coreDeviceExecutionStatus": ["FAILED", "REJECTED", "TIMED_OUT"],
                        "deploymentId": ["dep-123"]}},
         "Targets": [Match.object_like({"Arn": {"Ref": Match.string_like_regexp("TelemetryAlerts")}})]})
-
-
-# The two events as AWS documents them, with the example values replaced where a test needs
-# its own: "Get deployment and component health status notifications", AWS IoT Greengrass V2
-# developer guide (greengrass/v2/developerguide/deployment-health-notifications.html),
-# "Deployment status change event" and "Component status change event".
-DEPLOYMENT_STATUS_EVENT = {
-    "version": "0", "id": "cd4d811e-ab12-322b-8255-EXAMPLEb1bc8",
-    "detail-type": "Greengrass V2 Effective Deployment Status Change",
-    "source": "aws.greengrass", "account": "123456789012", "region": "us-west-2",
-    "time": "2018-03-22T00:38:11Z",
-    "resources": ["arn:aws:greengrass:us-east-1:123456789012:coreDevices:MyGreengrassCore"],
-    "detail": {
-        "deploymentId": "dep-123",
-        "coreDeviceExecutionStatus": "FAILED",
-        "statusDetails": {
-            "errorStack": ["DEPLOYMENT_FAILURE", "ARTIFACT_DOWNLOAD_ERROR", "S3_ERROR",
-                           "S3_ACCESS_DENIED", "S3_HEAD_OBJECT_ACCESS_DENIED"],
-            "errorTypes": ["DEPENDENCY_ERROR", "PERMISSION_ERROR"]},
-        "reason": "Error occurred while processing deployment"},
-}
-COMPONENT_STATUS_EVENT = {
-    "version": "0", "id": "cd4d811e-ab12-322b-8255-EXAMPLEb1bc8",
-    "detail-type": "Greengrass V2 Installed Component Status Change",
-    "source": "aws.greengrass", "account": "123456789012", "region": "us-west-2",
-    "time": "2018-03-22T00:38:11Z",
-    "resources": ["arn:aws:greengrass:us-east-1:123456789012:coreDevices:MyGreengrassCore"],
-    "detail": {"components": [{
-        "componentName": "MyComponent", "componentVersion": "1.0.0", "root": True,
-        "lifecycleState": "BROKEN", "lifecycleStatusCodes": ["STARTUP_ERROR"],
-        "lifecycleStateDetails": "An error occurred during startup. The startup script exited "
-                                 "with code 1."}]},
-}
-
-
-def _values_at(event, path: list) -> list:
-    """The values at ``path`` in ``event``, through arrays of objects on the way."""
-    if isinstance(event, list):
-        return [v for item in event for v in _values_at(item, path)]
-    if not path:
-        return event if isinstance(event, list) else [event]
-    if not isinstance(event, dict) or path[0] not in event:
-        return []
-    return _values_at(event[path[0]], path[1:])
-
-
-def matches(pattern: dict, event: dict, path: tuple = ()) -> bool:
-    """EventBridge's exact-value matching: every field of the pattern has, at its path in
-    the event (arrays of objects included), a value among the pattern's values.
-
-    moto's matcher does not look inside arrays of objects (the component event's
-    ``components``), which EventBridge does; the patterns here use exact values only.
-    """
-    for key, allowed in pattern.items():
-        if isinstance(allowed, dict):
-            if not matches(allowed, event, (*path, key)):
-                return False
-        elif not set(map(json.dumps, _values_at(event, [*path, key]))) & set(map(json.dumps, allowed)):
-            return False
-    return True
 
 
 def _rule_pattern(built, detail_type: str) -> dict:

@@ -10,6 +10,8 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from aws_samples import OBJECT_CREATED_EVENT
+
 REGION = "us-east-1"
 BUCKET = "artifacts"
 DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
@@ -188,6 +190,17 @@ def test_eventbridge_object_created_starts_the_pipeline(trigger, state_machine):
     out = trigger.handler(eventbridge("datasets/train/b.csv"), context())
     assert out["started"][0]["key"] == "datasets/train/b.csv"
     assert state_machine.executions()[0]["input"]["version_id"] == "v1"
+
+
+def test_aws_documented_object_created_event_starts_the_pipeline(trigger, state_machine):
+    # An unversioned bucket's event: no version-id; the execution is named by etag and sequencer.
+    out = trigger.handler(OBJECT_CREATED_EVENT, context())
+    assert out["started"][0]["key"] == "datasets/train/part-0001.csv"
+    (execution,) = state_machine.executions()
+    assert execution["input"]["etag"] == "f31d8546bb67845b4d3048cde533b937"
+    assert execution["input"]["version_id"] is None
+    trigger.handler(OBJECT_CREATED_EVENT, context())
+    assert len(state_machine.executions()) == 1
 
 
 def test_eventbridge_other_detail_types_are_ignored(trigger, state_machine):
