@@ -825,7 +825,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="threads for the TVM runtime and ONNX Runtime alike (the component's "
                         "threadCount; default: 1)")
     p.add_argument("--runtime-bundle", action="append", default=[], metavar="ARCH=PATH",
-                   help="a device bundle (.zip or folder) to ship for ARCH (aarch64, armv7l, "
+                   help="a device bundle (.zip or folder) to ship for ARCH (aarch64, "
                         "x86_64). Default: for this host's architecture, one assembled from "
                         "the sources and the installed TVM runtime; for others, "
                         "build/bundle/neo-edge-runtime-<arch>.zip (make bundle) when it "

@@ -42,7 +42,7 @@ __all__ = [
 #: ``Target`` of the target table.
 TargetLike = Union[str, TargetDevice, TargetPlatform, _targets.Target]
 
-_ARCHES = ("x86_64", "aarch64", "armv7l")
+_ARCHES = _targets.RUNTIME_ARCHES
 
 
 def _resolve_target(target: Optional[TargetLike]) -> _targets.Target:
@@ -205,7 +205,7 @@ class EdgeInferenceComponent(Construct):
         compiled before synth (uploaded as assets).
     runtime_bundles:
         The device bundle of the edge runtime per architecture (``uname -m``:
-        ``aarch64``, ``armv7l``, ``x86_64``): a local path to a ``.zip`` or a folder
+        ``aarch64``, ``x86_64``; there is no runtime for 32-bit ARM, ``armv7l``): a local path to a ``.zip`` or a folder
         whose root holds ``neo_edge_runtime/`` (the TVM runtime library included) and
         ``edge_inference.py``; uploaded as an asset, unpacked on the device. Every
         model's architecture needs one.
@@ -247,6 +247,14 @@ class EdgeInferenceComponent(Construct):
             raise ValueError(f"runtime_bundles keys must be among {', '.join(_ARCHES)}; "
                              f"got {', '.join(unknown)}")
         compiled = [_as_compiled_model(self, i, m) for i, m in enumerate(models)]
+        no_runtime = [m.target for m in compiled if m.target.arch not in _ARCHES]
+        if no_runtime:
+            raise ValueError(
+                f"no edge runtime runs on {', '.join(sorted({t.arch for t in no_runtime}))}: "
+                f"apache-tvm publishes runtime wheels for {', '.join(_ARCHES)} only (nothing to "
+                f"build one from for 32-bit ARM); run a 64-bit OS on the device and compile for "
+                f"an aarch64 target; got "
+                f"{', '.join(f'{t.name} ({t.arch})' for t in no_runtime)}")
         by_platform: dict = {}
         for model in compiled:
             key = json.dumps(model.target.greengrass_platform, sort_keys=True)

@@ -182,7 +182,7 @@ class IEdgeDeployment(Protocol):
 
     @property
     def deployment_id(self) -> str:
-        """The deployment's id (what Greengrass events carry as ``deployment-id``)."""
+        """The deployment's id (what Greengrass events carry as ``detail.deploymentId``)."""
         ...
 
     @property

@@ -66,7 +66,7 @@ class NeoEdgePipeline(Construct):
     Parameters
     ----------
     runtime_bundles:
-        The device bundle of the edge runtime per architecture (``aarch64``, ``armv7l``,
+        The device bundle of the edge runtime per architecture (``aarch64``,
         ``x86_64``): a ``.zip`` or a folder with ``neo_edge_runtime/`` and
         ``edge_inference.py`` at its root (``make bundle`` builds them into
         ``build/bundle/<arch>/``). One for the architecture of every target. Required

@@ -23,6 +23,12 @@ GG_AMD64 = "amd64"
 GG_AARCH64 = "aarch64"
 GG_ARM = "arm"
 
+#: Device architectures (``uname -m``) the edge runtime runs on: those apache-tvm publishes
+#: wheels for, whose runtime library the device bundle carries. 32-bit ARM (armv7l) has no
+#: wheel and no source distribution to build one from: artifacts cross-compile for it, but
+#: nothing here can run them.
+RUNTIME_ARCHES = ("x86_64", "aarch64")
+
 # Cross toolchains (Debian packages) that link device libraries on the build machine.
 AARCH64_CC = "aarch64-linux-gnu-gcc"
 ARMHF_CC = "arm-linux-gnueabihf-gcc"

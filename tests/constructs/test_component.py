@@ -48,11 +48,10 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("component")
     return SimpleNamespace(
         rasp4b=make_artifact(root / "rasp4b", "rasp4b"),
-        rasp3b=make_artifact(root / "rasp3b", "rasp3b"),
+        ml_c5=make_artifact(root / "ml_c5", "ml_c5"),
         jetson=make_artifact(root / "jetson", "jetson_xavier"),
         rasp4b_v2=make_artifact(root / "rasp4b-v2", "rasp4b", b"lib-v2"),
         bundles={"aarch64": make_bundle(root / "bundle-aarch64"),
-                 "armv7l": make_bundle(root / "bundle-armv7l"),
                  "x86_64": make_bundle(root / "bundle-x86_64")})
 
 
@@ -60,7 +59,7 @@ def inference_stack(files, models=None, stack_id="Comp", **kwargs):
     app = cdk.App()
     stack = cdk.Stack(app, stack_id)
     if models is None:
-        models = [files.rasp4b, files.rasp3b, files.jetson]
+        models = [files.rasp4b, files.ml_c5, files.jetson]
     component = EdgeInferenceComponent(stack, "Classifier", component_name="com.example.Classifier",
                                        models=models, runtime_bundles=files.bundles, **kwargs)
     return app, stack, component
@@ -112,9 +111,9 @@ def test_one_manifest_per_target_most_specific_first(built):
     assert [(m["Name"], m["Platform"]) for m in recipe["Manifests"]] == [
         ("jetson_xavier", {"os": "linux", "architecture": "aarch64", "accelerator": "nvidia"}),
         ("rasp4b", {"os": "linux", "architecture": "aarch64"}),
-        ("rasp3b", {"os": "linux", "architecture": "arm"}),
+        ("ml_c5", {"os": "linux", "architecture": "amd64"}),
     ]
-    assert [t.name for t in built.component.targets] == ["jetson_xavier", "rasp4b", "rasp3b"]
+    assert [t.name for t in built.component.targets] == ["jetson_xavier", "rasp4b", "ml_c5"]
 
 
 def test_artifacts_are_assets_unpacked_on_the_device(built):
@@ -122,7 +121,7 @@ def test_artifacts_are_assets_unpacked_on_the_device(built):
     arts = recipe["Manifests"][2]["Artifacts"]
     assert all(a["Uri"].startswith("s3://bucket/") and a["Uri"].endswith(".zip") for a in arts)
     assert [a["Unarchive"] for a in arts] == ["ZIP", "ZIP"]
-    # the armv7l bundle for rasp3b, the aarch64 one for the two others
+    # the x86_64 bundle for ml_c5, the aarch64 one for the two others
     assert arts[0]["Uri"] != recipe["Manifests"][1]["Artifacts"][0]["Uri"]
     assert recipe["Manifests"][0]["Artifacts"][0] == recipe["Manifests"][1]["Artifacts"][0]
 
@@ -139,7 +138,7 @@ def test_resynth_gives_the_same_version(built, files):
 
 
 def test_new_model_gives_a_new_version(built, files):
-    _, _, changed = inference_stack(files, models=[files.rasp4b_v2, files.rasp3b, files.jetson])
+    _, _, changed = inference_stack(files, models=[files.rasp4b_v2, files.ml_c5, files.jetson])
     assert changed.component_version != built.component.component_version
 
 
@@ -168,7 +167,7 @@ def test_grant_artifacts_read_is_per_object(built):
     (statement,) = resources["Statement"]
     assert statement["Action"] == "s3:GetObject"
     keys = [json.dumps(r) for r in statement["Resource"]]
-    # two device bundles (aarch64, armv7l) and three models, each object by its exact key
+    # two device bundles (aarch64, x86_64) and three models, each object by its exact key
     assert len(keys) == 5 and all(k.endswith('.zip"]]}') and "*" not in k for k in keys)
 
 
@@ -226,17 +225,28 @@ def test_fails_when_a_runtime_bundle_is_missing(files):
     app = cdk.App()
     stack = cdk.Stack(app, "S")
     with pytest.raises(ValueError) as exc:
-        EdgeInferenceComponent(stack, "C", component_name="c", models=[files.rasp4b, files.rasp3b],
+        EdgeInferenceComponent(stack, "C", component_name="c", models=[files.rasp4b, files.jetson],
                                runtime_bundles={"x86_64": files.bundles["x86_64"]})
-    assert str(exc.value) == ("runtime_bundles needs a device bundle for aarch64 (rasp4b), "
-                              "armv7l (rasp3b); got bundles for x86_64")
+    assert str(exc.value) == ("runtime_bundles needs a device bundle for aarch64 (rasp4b, "
+                              "jetson_xavier); got bundles for x86_64")
+
+
+def test_fails_when_a_target_is_32_bit_arm(files, tmp_path):
+    rasp3b = make_artifact(tmp_path / "rasp3b", "rasp3b")
+    with pytest.raises(ValueError) as exc:
+        EdgeInferenceComponent(cdk.Stack(cdk.App(), "S"), "C", component_name="c",
+                               models=[files.rasp4b, rasp3b], runtime_bundles=files.bundles)
+    assert str(exc.value) == (
+        "no edge runtime runs on armv7l: apache-tvm publishes runtime wheels for x86_64, aarch64 "
+        "only (nothing to build one from for 32-bit ARM); run a 64-bit OS on the device and "
+        "compile for an aarch64 target; got rasp3b (armv7l)")
 
 
 def test_fails_when_runtime_bundle_arch_is_greengrass_style(files):
     with pytest.raises(ValueError) as exc:
         EdgeInferenceComponent(cdk.Stack(cdk.App(), "S"), "C", component_name="c",
                                models=[files.rasp4b], runtime_bundles={"amd64": "x"})
-    assert str(exc.value) == "runtime_bundles keys must be among x86_64, aarch64, armv7l; got amd64"
+    assert str(exc.value) == "runtime_bundles keys must be among x86_64, aarch64; got amd64"
 
 
 def test_fails_when_no_models(files):

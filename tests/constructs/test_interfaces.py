@@ -373,7 +373,7 @@ def test_imported_deployment_narrows_telemetry_to_its_id():
     template = synth_checked(app, stack)
     template.has_resource_properties("AWS::Events::Rule", {"EventPattern": Match.object_like({
         "detail": {"coreDeviceExecutionStatus": ["FAILED", "REJECTED", "TIMED_OUT"],
-                   "deployment-id": ["a1b2c3d4-5678-90ab"]}})})
+                   "deploymentId": ["a1b2c3d4-5678-90ab"]}})})
     template.has_resource_properties("AWS::IoT::TopicRule", {"TopicRulePayload": Match.object_like({
         "Sql": "SELECT *, topic(2) AS device FROM 'neo-edge/+/+' "
                "WHERE topic(3) = 'results' OR topic(3) = 'errors'"})})

@@ -243,3 +243,10 @@ def test_a_cache_of_other_versions_is_replaced(monkeypatch, tmp_path):
         bundle_files(arch, cache=tmp_path)
     assert len(calls) == 1
     assert not list((stale / "wheels").glob("*.whl"))
+
+
+def test_bundles_exist_for_every_runtime_architecture():
+    from neo_edge_runtime.compile.bundle import WHEEL_PLATFORMS
+    from neo_edge_runtime.targets import RUNTIME_ARCHES
+
+    assert set(WHEEL_PLATFORMS) == set(RUNTIME_ARCHES)

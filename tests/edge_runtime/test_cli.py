@@ -33,6 +33,14 @@ def test_compile_run_inspect(ops_onnx, tmp_path, capsys, rng):
     assert json.loads(capsys.readouterr().out)["target"]["name"] == "host"
 
 
+def test_compile_for_32_bit_arm_warns_that_nothing_runs_it(ops_onnx, tmp_path, capsys):
+    assert main(["compile", str(ops_onnx), "--target", "rasp3b", "--output", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("neo-edge compile: warning: nothing here can run this artifact")
+    assert "not armv7l" in err
+
+
 def test_bench_reports_ratio_against_onnxruntime(host_artifact, ops_onnx, capsys):
     assert main(["bench", str(host_artifact), "--onnx", str(ops_onnx), "--runs", "5",
                  "--json"]) == 0

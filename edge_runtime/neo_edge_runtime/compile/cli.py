@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NeoEdgeError
+from ..targets import RUNTIME_ARCHES, resolve
 
 EPILOG = """\
 examples:
@@ -59,6 +60,11 @@ def cmd_compile(args) -> int:
                         log=(lambda m: None) if args.quiet else
                         (lambda m: print(m, file=sys.stderr)))
     print(out)
+    arch = resolve(args.target).arch
+    if arch not in RUNTIME_ARCHES:
+        print(f"neo-edge compile: warning: nothing here can run this artifact: the edge runtime "
+              f"exists for {', '.join(RUNTIME_ARCHES)} devices only, not {arch} (no apache-tvm "
+              f"wheel for it)", file=sys.stderr)
     return 0
 
 
