@@ -315,11 +315,18 @@ def sagemaker_execution_role(scope: Construct, id: str, *, log_group_family: str
 
 
 def grant_key(key: Optional[kms.IKey], grantee: iam.IGrantable) -> None:
-    """Let SageMaker encrypt volumes and outputs with ``key`` (grants for AWS resources only)."""
+    """Let SageMaker encrypt volumes and outputs with ``key``.
+
+    Encrypt, decrypt, data keys and ``DescribeKey`` on the key; ``kms:CreateGrant`` only
+    with ``kms:GrantIsForAWSResource`` (SageMaker creates grants for the volumes it attaches;
+    the role itself may not hand the key to anyone else).
+    """
     if key is None:
         return
-    key.grant(grantee, "kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:CreateGrant",
-              "kms:DescribeKey")
+    key.grant(grantee, "kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey")
+    grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+        actions=["kms:CreateGrant"], resources=[key.key_arn],
+        conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}}))
 
 
 def check_runtime(name: str, value: cdk.Duration) -> int:

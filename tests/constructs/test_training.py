@@ -230,3 +230,14 @@ def test_job_name_prefix_fits_the_handlers_limit_for_long_names():
     assert len(prefix) <= 50
     assert re.match(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$", prefix)
     assert prefix.startswith("A-Very-Long-St-")
+
+
+def test_role_may_create_key_grants_only_for_aws_resources(built):
+    template, _, _ = built
+    statements = [s for p in template.find_resources("AWS::IAM::Policy").values()
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    create_grant = [s for s in statements if "kms:CreateGrant" in json.dumps(s["Action"])]
+    assert create_grant, "the training role may create grants on the bucket's key"
+    for statement in create_grant:
+        assert statement["Action"] == "kms:CreateGrant"
+        assert statement["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
