@@ -8,7 +8,8 @@ Two actions, for a Step Functions polling loop (``deploy``, then ``Wait`` -> ``s
     deployment at a time and a new one *replaces* it: a component left out is removed from
     every device. So the components of the target's current deployment are kept and the ones
     named here are added or moved to the given version (``"keep_existing_components": false``
-    deploys exactly what is named). Several components may be given as
+    deploys exactly what is named); when the latest deployment was canceled, the newest one
+    before it that was not gives the components to keep. Several components may be given as
     ``"components": {"name": {"componentVersion": ..., "configurationUpdate": {...}}}``
     (the ``CreateDeployment`` shape). The request carries a client token derived from the
     target, the components and the optional ``"request_token"`` (pass
@@ -18,10 +19,12 @@ Two actions, for a Step Functions polling loop (``deploy``, then ``Wait`` -> ``s
 ``{"action": "status", "deployment_id": "..."}``
     Reads the deployment (``GetDeployment``) and, for each core device of the thing group
     (``ListCoreDevices``), its execution of this deployment (``ListEffectiveDeployments``).
-    Returns ``{"deployment_id", "status": "IN_PROGRESS" | "SUCCEEDED", "done", "total",
-    "succeeded", "failed", "pending", "failed_devices": [...], "pending_devices": [...]}``.
-    A device that has not reported the deployment yet (offline, queued) is pending: bound the
-    loop with the state machine's own timeout.
+    Returns ``{"deployment_id", "status": "IN_PROGRESS" | "SUCCEEDED" | "WAITING_FOR_DEVICES",
+    "done", "total", "succeeded", "failed", "pending", "failed_devices": [...],
+    "pending_devices": [...]}``. A device that has not reported the deployment yet (offline,
+    queued) is pending, and a thing group with no core device is waited on
+    (``WAITING_FOR_DEVICES``, never ``SUCCEEDED``): bound the loop with the state machine's
+    own timeout.
 
 Errors a state machine catches by name:
 
@@ -217,15 +220,39 @@ def _requested_components(event: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return components
 
 
+def _deployments(history: str, token: str | None = None) -> dict[str, Any]:
+    return _call("list_deployments", targetArn=settings.target_arn, historyFilter=history,
+                 **({"nextToken": token} if token else {}))
+
+
 def _current_components() -> dict[str, dict[str, Any]]:
-    """The components of the target's latest deployment (none when it has never had one)."""
-    latest = _call("list_deployments", targetArn=settings.target_arn,
-                   historyFilter="LATEST_ONLY").get("deployments", [])
-    latest = [d for d in latest if d.get("isLatestForTarget", True)
-              and d.get("deploymentStatus") not in ("CANCELED",)]
+    """The components the target's devices were last sent (none when it never had any).
+
+    Those of the target's latest deployment, unless it was canceled: a canceled deployment
+    reached part of the fleet at most, so its components are not what the fleet runs, and
+    the newest deployment before it that was not canceled gives them instead. (Taking none
+    would deploy only the requested components and uninstall every other one.)
+    """
+    latest = [d for d in _deployments("LATEST_ONLY").get("deployments", [])
+              if d.get("isLatestForTarget", True)]
     if not latest:
         return {}
-    current = _call("get_deployment", deploymentId=latest[0]["deploymentId"])
+    if latest[0].get("deploymentStatus") != "CANCELED":
+        chosen = latest[0]
+    else:
+        history: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = _deployments("ALL", token)
+            history.extend(d for d in page.get("deployments", [])
+                           if d.get("deploymentStatus") != "CANCELED")
+            token = page.get("nextToken")
+            if not token:
+                break
+        if not history:
+            return {}
+        chosen = max(history, key=lambda d: d["creationTimestamp"])
+    current = _call("get_deployment", deploymentId=chosen["deploymentId"])
     return {name: dict(spec) for name, spec in (current.get("components") or {}).items()}
 
 
@@ -332,6 +359,11 @@ def status(event: dict[str, Any]) -> dict[str, Any]:
         raise DeploymentFailedError(
             f"deployment {deployment_id} failed on {len(failed)} of {total} devices, more than "
             f"the {settings.failure_threshold_percent:g} % allowed ({details})")
+    if not total:
+        # Nothing has confirmed the deployment: a thing group with no core device yet is
+        # waited on (the state machine's timeout bounds it), never reported succeeded.
+        out.update(status="WAITING_FOR_DEVICES", done=False)
+        return out
     done = state == "COMPLETED" or not pending
     out.update(status="SUCCEEDED" if done else "IN_PROGRESS", done=done)
     return out

@@ -104,6 +104,33 @@ def test_keeps_the_components_already_deployed_to_the_group(manager, stub):
     assert out["components"] == {"aws.greengrass.Nucleus": "2.14.0", COMPONENT: "1.0.7"}
 
 
+def test_after_a_canceled_deployment_keeps_the_components_of_the_one_before(manager, stub):
+    canceled = {"targetArn": GROUP_ARN, "deploymentId": "d-canceled",
+                "deploymentName": "neo-edge-digits-fleet", "deploymentStatus": "CANCELED",
+                "isLatestForTarget": True, "creationTimestamp": NOW}
+    stub.add_response("list_deployments", {"deployments": [canceled]},
+                      {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"})
+    older = [dict(canceled, deploymentId="d-1", deploymentStatus="INACTIVE", isLatestForTarget=False,
+                  creationTimestamp=NOW - dt.timedelta(days=2)),
+             dict(canceled, deploymentId="d-2", deploymentStatus="INACTIVE", isLatestForTarget=False,
+                  creationTimestamp=NOW - dt.timedelta(days=1))]
+    stub.add_response("list_deployments", {"deployments": [canceled, older[0]], "nextToken": "p2"},
+                      {"targetArn": GROUP_ARN, "historyFilter": "ALL"})
+    stub.add_response("list_deployments", {"deployments": [older[1]]},
+                      {"targetArn": GROUP_ARN, "historyFilter": "ALL", "nextToken": "p2"})
+    stub.add_response("get_deployment", {"deploymentId": "d-2", "targetArn": GROUP_ARN,
+                                         "deploymentStatus": "INACTIVE", "components": {
+                                             COMPONENT: {"componentVersion": "1.0.6"},
+                                             "com.example.Camera": {"componentVersion": "2.0.0"}}},
+                      {"deploymentId": "d-2"})
+    created(stub, {COMPONENT: {"componentVersion": "1.0.7"},
+                   "com.example.Camera": {"componentVersion": "2.0.0"}})
+
+    out = manager.handler({"component_name": COMPONENT, "component_version": "1.0.7"}, context())
+
+    assert out["kept_components"] == ["com.example.Camera"]
+
+
 def test_deploys_exactly_what_is_named_when_asked(manager, stub):
     created(stub, {COMPONENT: {"componentVersion": "1.0.7",
                                "configurationUpdate": {"merge": '{"threadCount": 2}'}}})
@@ -252,6 +279,16 @@ def test_status_in_progress_while_devices_are_pending(manager, stub):
     assert out["status"] == "IN_PROGRESS" and out["done"] is False
     assert (out["total"], out["succeeded"], out["failed"], out["pending"]) == (3, 1, 0, 2)
     assert out["pending_devices"] == ["core-2", "core-3"]
+
+
+def test_status_waits_while_the_group_has_no_core_device(manager, stub):
+    deployment_is(stub, "ACTIVE")
+    devices(stub)
+
+    out = manager.handler({"action": "status", "deployment_id": "d-new"}, context())
+
+    assert out["status"] == "WAITING_FOR_DEVICES" and out["done"] is False
+    assert out["total"] == 0
 
 
 def test_status_succeeded_when_every_device_succeeded(manager, stub):
