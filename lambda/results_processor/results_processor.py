@@ -15,8 +15,9 @@ for a request the device could not serve, ``"error": {"type": "InputError", "mes
 What it does with a result:
 
 1. stores it in ``s3://$RESULTS_BUCKET/<RESULTS_PREFIX>/device=<device>/date=<YYYY-MM-DD>/
-   <request_id>.json`` (the date is the result's ``timestamp`` in UTC, or the time of receipt
-   when the device sent none): a Hive-style layout Athena and Glue read as partitions;
+   <request_id>-<digest>.json`` (the date is the result's ``timestamp`` in UTC, or the time of
+   receipt when the device sent none; the digest is of the result's content): a Hive-style
+   layout Athena and Glue read as partitions;
 2. emits CloudWatch metrics in embedded metric format (namespace
    ``$POWERTOOLS_METRICS_NAMESPACE``, default ``NeoEdge``), each under two dimension sets,
    ``[ModelName]`` and ``[ModelName, Device]``: ``InferenceLatency`` (milliseconds),
@@ -26,10 +27,12 @@ What it does with a result:
    ``$LOW_CONFIDENCE_THRESHOLD`` or the anomaly score is at or above ``$ANOMALY_THRESHOLD``
    (or, with no anomaly threshold set, when the device flagged ``"anomaly": true``).
 
-Idempotent on the request id: the IoT rule engine retries a failed invocation, and a device
-may publish a result twice (MQTT QoS 1). The object key is derived from the device and the
-request id, so a repeat finds the object already there (``HeadObject``) and stops before
-alerting or counting again; the object is written with ``If-None-Match: *`` so that, of two
+Idempotent on the result: the IoT rule engine retries a failed invocation, and a device may
+publish a result twice (MQTT QoS 1), each time with the same bytes. The object key is derived
+from the device, the request id and a digest of the result's content, so a repeat finds the
+object already there (``HeadObject``) and stops before alerting or counting again, while two
+different results under one request id (the id is the caller's choice: two callers, or one
+that reuses ids) are both kept; the object is written with ``If-None-Match: *`` so that, of two
 copies processed at the same moment, only one counts. The alert is sent before the object is
 written: a failure between the two makes the retry alert again (an alert is delivered at least
 once, never lost).
@@ -56,6 +59,7 @@ POWERTOOLS_METRICS_NAMESPACE
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -163,6 +167,13 @@ class InferenceResult(DictWrapper):
         return self._text("device", _DEVICE)
 
     @property
+    def digest(self) -> str:
+        """16 hex digits of the SHA-256 of the result's content (keys sorted): the same for
+        every copy of one published result, different for another result."""
+        canonical = json.dumps(self._data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
     def error(self) -> Any:
         return self.get("error")
 
@@ -249,10 +260,10 @@ sns = boto3.client("sns")
 
 
 def object_key(result: InferenceResult, received: dt.datetime) -> str:
-    """Where a result is stored: one object per device and request id."""
+    """Where a result is stored: one object per device, request id and result content."""
     when = (result.timestamp or received).astimezone(dt.timezone.utc)
     return (f"{settings.results_prefix}/device={result.device}/date={when:%Y-%m-%d}/"
-            f"{result.request_id}.json")
+            f"{result.request_id}-{result.digest}.json")
 
 
 def _exists(key: str) -> bool:

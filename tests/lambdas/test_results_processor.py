@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import boto3
@@ -79,7 +80,8 @@ def stored(s3, key):
 def test_stores_the_result_partitioned_by_device_and_date(processor, resources):
     out = processor.handler(result(), context())
 
-    key = "results/device=thing-1/date=2026-05-01/r-0001.json"
+    key = out["key"]
+    assert re.fullmatch(r"results/device=thing-1/date=2026-05-01/r-0001-[0-9a-f]{16}\.json", key)
     assert out == {"status": "stored", "key": key, "alerts": []}
     body = stored(resources.s3, key)
     assert body["labels"] == ["7", "1"] and body["model_version"] == "3"
@@ -89,14 +91,14 @@ def test_stores_the_result_partitioned_by_device_and_date(processor, resources):
 def test_date_partition_comes_from_epoch_milliseconds(processor, resources):
     # 2026-05-02T00:00:00Z, as IoT SQL's timestamp() writes it.
     out = processor.handler(result(timestamp=1777680000000), context())
-    assert out["key"] == "results/device=thing-1/date=2026-05-02/r-0001.json"
+    assert out["key"].startswith("results/device=thing-1/date=2026-05-02/r-0001-")
 
 
 def test_date_partition_is_the_time_of_receipt_without_a_timestamp(processor, resources):
     import datetime as dt
     out = processor.handler(result(timestamp=None), context())
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    assert out["key"] == f"results/device=thing-1/date={today}/r-0001.json"
+    assert out["key"].startswith(f"results/device=thing-1/date={today}/r-0001-")
 
 
 def test_emits_emf_metrics_with_model_and_device_dimensions(processor, capsys):
@@ -174,13 +176,24 @@ def test_without_a_threshold_the_device_flag_decides(processor, resources):
 def test_a_repeated_result_is_stored_once_and_alerted_once(processor, resources, capsys):
     event = result(confidence=0.1)
     first = processor.handler(event, context())
-    second = processor.handler(dict(event, latency_ms=99.0), context())
+    second = processor.handler(json.loads(json.dumps(event)), context())
 
     assert first["status"] == "stored" and second == {
         "status": "duplicate", "key": first["key"], "alerts": []}
     assert len(resources.alerts()) == 1
-    assert stored(resources.s3, first["key"])["latency_ms"] == 2.5
     assert len(emf_records(capsys.readouterr().out)) == 1
+
+
+def test_two_results_under_one_request_id_are_both_kept(processor, resources, capsys):
+    # The request id is the caller's choice: two callers (or one reusing ids) may collide.
+    first = processor.handler(result(confidence=0.1), context())
+    second = processor.handler(result(confidence=0.1, latency_ms=99.0), context())
+
+    assert first["status"] == second["status"] == "stored" and first["key"] != second["key"]
+    assert stored(resources.s3, first["key"])["latency_ms"] == 2.5
+    assert stored(resources.s3, second["key"])["latency_ms"] == 99.0
+    assert len(resources.alerts()) == 2
+    assert len(emf_records(capsys.readouterr().out)) == 2
 
 
 def test_a_retry_after_a_failed_alert_alerts(processor, resources, monkeypatch):
