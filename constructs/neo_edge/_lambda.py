@@ -42,7 +42,9 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 #: The Lambda asset folders, ``lambda/<name>/``, as the package ships them: package data of
@@ -250,3 +252,24 @@ def bundled_function(
                f"on a newer runtime than the one tested is the greater risk. The runtime "
                f"moves with the project's pin ({RUNTIME.name})"))
     return fn
+
+
+def keep_failed_invocations(function: lambda_.Function, id: str = "FailedInvocations", *,
+                            retry_attempts: int = 2,
+                            retention: cdk.Duration = cdk.Duration.days(14)) -> sqs.Queue:
+    """An encrypted, TLS-only SQS queue that keeps the events ``function`` failed on.
+
+    For a function invoked asynchronously (by an IoT rule or an EventBridge rule): Lambda
+    retries a failed event ``retry_attempts`` times, then sends it, with the error, to the
+    queue (the function's on-failure destination), where it stays for ``retention``; without
+    one it would be dropped. The queue is ``<function's scope>/<id>``.
+    """
+    queue = sqs.Queue(function.node.scope, id, encryption=sqs.QueueEncryption.SQS_MANAGED,
+                      enforce_ssl=True, retention_period=retention)
+    cdk.Validations.of(queue).acknowledge(cdk.Acknowledgment(
+        id="AwsSolutions::AwsSolutions-SQS3",
+        reason="this queue is itself where failed invocations end up (the function's "
+               "on-failure destination); a queue behind it would only move them again"))
+    function.configure_async_invoke(on_failure=destinations.SqsDestination(queue),
+                                    retry_attempts=retry_attempts)
+    return queue

@@ -62,7 +62,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from ._lambda import allow_redundant_depends_on, bundled_function
+from ._lambda import allow_redundant_depends_on, bundled_function, keep_failed_invocations
 from ._sagemaker_job import RolePolicy, _sanitize, _short_hash, nag_arn
 from .compilation import NeoCompilationJob, NeoCompilationSet
 from .component import EdgeInferenceComponent
@@ -519,12 +519,15 @@ class RetrainPipeline(Construct):
         if trigger_suffixes:
             trigger_env["TRIGGER_SUFFIXES"] = ",".join(trigger_suffixes)
         self.trigger_function = None
+        self.failed_triggers = None
         self.data_rule = None
         if trigger_on_new_data:
             self.trigger_function = bundled_function(
                 self, "Trigger", "pipeline_trigger", environment=trigger_env,
                 description="neo-edge: starts retraining on new training data")
             self.state_machine.grant_start_execution(self.trigger_function)
+            #: S3 events the trigger failed on (after Lambda's retries), with the error.
+            self.failed_triggers = keep_failed_invocations(self.trigger_function, "FailedTriggers")
             prefixes = [training_prefix] + ([model_upload_prefix] if model_upload_prefix else [])
             self.data_rule = events.Rule(
                 self, "NewData",

@@ -9,7 +9,9 @@ requests to ``.../errors``) on IoT Core. One IoT topic rule takes both:
 - the ``results_processor`` Lambda function stores the result by device and date,
   emits CloudWatch metrics (``InferenceLatency``, ``Confidence``, ``InferenceErrors``,
   ``LowConfidence``, ``Anomalies`` per ``ModelName``) and sends alerts to an SNS topic;
-- anything the rule cannot deliver goes to a CloudWatch log group (the error action).
+- anything the rule cannot deliver goes to a CloudWatch log group (the error action), and
+  the results the processor fails on (after Lambda's retries) to an encrypted SQS queue
+  (``failed_results``), with the error.
 
 The ``device`` field is overwritten with the topic's thing name: the fleet's IoT policy
 lets a device publish only under its own name, so that field cannot be spoofed.
@@ -38,7 +40,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from ._lambda import bundled_function
+from ._lambda import bundled_function, keep_failed_invocations
 from .fleet import acknowledge_wildcards
 from .interfaces import IEdgeDeployment, IEdgeFleet
 
@@ -161,6 +163,8 @@ class EdgeTelemetry(Construct):
                               environment=environment, timeout=cdk.Duration.seconds(30),
                               description=f"neo-edge results of the fleet {self.fleet_name}")
         self.results_processor = fn
+        #: Results the processor failed on (after Lambda's retries), with the error.
+        self.failed_results = keep_failed_invocations(fn, "FailedResults")
         results_objects = results_bucket.arn_for_objects(f"{results_prefix}/*")
         fn.add_to_role_policy(iam.PolicyStatement(
             sid="StoreResults", actions=["s3:GetObject", "s3:PutObject"],
@@ -279,7 +283,8 @@ class EdgeTelemetry(Construct):
         alarm("FailedDeployments", self.metric_failed_deployments(), 1,
               f"a Greengrass deployment failed on a device of {self.fleet_name}")
         alarm("ProcessorErrors", fn.metric_errors(period=cdk.Duration.minutes(5)), 1,
-              "the results processor failed (the rule's error log keeps the messages)")
+              "the results processor failed (after retries, the results it failed on are kept "
+              "in the failed-results queue)")
         self.dashboard = self._dashboard(dashboard_name or f"{self.fleet_name}-fleet")
 
     # ------------------------------------------------------------------------------

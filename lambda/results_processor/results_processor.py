@@ -38,7 +38,8 @@ written: a failure between the two makes the retry alert again (an alert is deli
 once, never lost).
 
 A result that is not a JSON object with a usable ``request_id`` and ``device`` raises
-:class:`InvalidResultError`, naming the field; the rule's error action keeps the payload.
+:class:`InvalidResultError`, naming the field; after Lambda's retries the result and the
+error go to the function's on-failure destination (the telemetry's failed-results queue).
 
 Environment variables
 ---------------------

@@ -216,6 +216,15 @@ def test_new_data_rule_matches_aws_documented_object_created_event(built):
     assert not event_matches(pattern, elsewhere)
 
 
+def test_events_the_trigger_fails_on_are_kept(built):
+    queue = built.pipeline.failed_triggers
+    queue_id = cdk.Stack.of(queue).get_logical_id(queue.node.default_child)
+    trigger_id = cdk.Stack.of(queue).get_logical_id(built.pipeline.trigger_function.node.default_child)
+    built.template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {
+        "FunctionName": {"Ref": trigger_id}, "MaximumRetryAttempts": 2,
+        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [queue_id, "Arn"]}}}})
+
+
 def test_trigger_ignores_the_pipeline_outputs(built):
     built.template.has_resource_properties("AWS::Lambda::Function", {
         "Handler": "pipeline_trigger.handler",

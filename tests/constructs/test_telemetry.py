@@ -73,12 +73,30 @@ def test_processor_may_write_results_prefix_and_alert_only(built):
     policies = built.template.find_resources("AWS::IAM::Policy", {"Properties": {"Roles": [
         {"Ref": Match.string_like_regexp("TelemetryResultsProcessorRole")}]}})
     (doc,) = [p["Properties"]["PolicyDocument"] for p in policies.values()]
-    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    by_sid = {s.get("Sid", "OnFailure"): s for s in doc["Statement"]}
+    assert sorted(by_sid) == ["Alert", "AlertKey", "OnFailure", "ResultsKey", "SeeMissingResults",
+                             "StoreResults"]
+    assert by_sid["OnFailure"]["Action"] == ["sqs:SendMessage", "sqs:GetQueueAttributes",
+                                             "sqs:GetQueueUrl"]
+    assert by_sid["OnFailure"]["Resource"] == {"Fn::GetAtt": [
+        built.stack.get_logical_id(built.telemetry.failed_results.node.default_child), "Arn"]}
     assert by_sid["StoreResults"]["Action"] == ["s3:GetObject", "s3:PutObject"]
     assert by_sid["StoreResults"]["Resource"]["Fn::Join"][1][-1] == ":s3:::results-bucket/results/*"
     assert by_sid["SeeMissingResults"]["Condition"] == {"StringLike": {"s3:prefix": ["results/*"]}}
     assert by_sid["Alert"]["Action"] == "sns:Publish"
     assert by_sid["AlertKey"]["Action"] == ["kms:GenerateDataKey", "kms:Decrypt"]
+
+
+def test_results_the_processor_fails_on_are_kept_encrypted(built):
+    queue_id = built.stack.get_logical_id(built.telemetry.failed_results.node.default_child)
+    built.template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {
+        "MaximumRetryAttempts": 2, "Qualifier": "$LATEST",
+        "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [queue_id, "Arn"]}}}})
+    built.template.has_resource_properties("AWS::SQS::Queue", {
+        "SqsManagedSseEnabled": True, "MessageRetentionPeriod": 14 * 24 * 3600})
+    built.template.has_resource_properties("AWS::SQS::QueuePolicy", {
+        "PolicyDocument": {"Statement": [Match.object_like({
+            "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]}})
 
 
 def test_rule_role_may_only_archive_and_log(built):
