@@ -16,6 +16,7 @@ plan for bad updates.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,10 @@ import numpy as np
 from . import artifact
 from .errors import ArtifactError, NeoEdgeError
 from .runtime import EdgeModel
+
+#: A model version as the store names its folder after it: no path separators, no leading
+#: dot (``../x`` would install outside the store).
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 class ModelStore:
@@ -50,7 +55,27 @@ class ModelStore:
         self._lock = threading.RLock()
         self._current: Optional[EdgeModel] = None
         if self._link("current").exists():
-            self._current = EdgeModel.load(self._link("current"), num_threads=num_threads)
+            self._current = self._load_current()
+
+    def _load_current(self) -> EdgeModel:
+        """The current version, or, when it no longer loads (a corrupt file on disk), the
+        previous one, which then becomes current: a device keeps serving while it has a
+        good version."""
+        try:
+            return EdgeModel.load(self._link("current"), num_threads=self.num_threads)
+        except NeoEdgeError as exc:
+            previous = self.previous_path
+            if previous is None or previous == self.current_path:
+                raise ArtifactError(f"model store {str(self.root)!r}: the current version does "
+                                    f"not load and there is no previous one: {exc}") from exc
+            try:
+                model = EdgeModel.load(previous, num_threads=self.num_threads)
+            except NeoEdgeError as again:
+                raise ArtifactError(f"model store {str(self.root)!r}: neither the current "
+                                    f"version ({exc}) nor the previous one ({again}) "
+                                    f"loads") from again
+            self._point("current", previous)
+            return model
 
     def _link(self, name: str) -> Path:
         return self.root / name
@@ -89,9 +114,18 @@ class ModelStore:
         """
         src = Path(artifact_dir)
         with self._lock:
+            links = [str(p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_symlink()]
+            if links:
+                raise ArtifactError(f"an artifact folder must hold plain files only, not links "
+                                    f"(which may point out of it); got {', '.join(links)}")
             manifest = artifact.verify(src)
+            version = manifest["model"].get("version")
+            if not isinstance(version, str) or not _VERSION.match(version):
+                raise ArtifactError(f"model version must be letters, digits, '.', '_', '+' or "
+                                    f"'-' (starting with a letter or digit, at most 128); got "
+                                    f"{version!r}")
             digest = artifact.artifact_digest(src)[:12]
-            name = f"{manifest['model']['version']}-{digest}"
+            name = f"{version}-{digest}"
             dest = self.root / "versions" / name
             if self.current_path == dest.resolve():
                 return self._current

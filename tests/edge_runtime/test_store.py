@@ -73,3 +73,46 @@ def test_fails_when_rolling_back_with_no_previous_version(host_artifact, tmp_pat
     store.install(host_artifact)
     with pytest.raises(ArtifactError, match="has no previous version to roll back to"):
         store.rollback()
+
+
+@pytest.mark.parametrize("version", ["../../escape", "a/b", ".hidden", ""])
+def test_fails_when_the_version_would_leave_the_store(host_artifact, tmp_path, version):
+    bad = shutil.copytree(host_artifact, tmp_path / "bad")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["model"]["version"] = version
+    write_manifest(bad, manifest)
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(ArtifactError, match=r"^model version must be letters, digits"):
+        store.install(bad)
+    assert sorted(p.name for p in (tmp_path / "store" / "versions").iterdir()) == []
+    assert not (tmp_path / "escape").exists() and not any(tmp_path.glob("escape*"))
+
+
+def test_fails_when_the_artifact_holds_a_link(host_artifact, tmp_path):
+    linked = shutil.copytree(host_artifact, tmp_path / "linked")
+    (tmp_path / "secret").write_text("outside")
+    (linked / "extra").symlink_to(tmp_path / "secret")
+    with pytest.raises(ArtifactError, match=r"must hold plain files only, not links .*; got extra$"):
+        ModelStore(tmp_path / "store").install(linked)
+
+
+def test_a_corrupt_current_version_falls_back_to_the_previous(host_artifact, v2, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.install(host_artifact)
+    store.install(v2)
+    lib = store.current_path / "model.so"
+    lib.unlink()  # a new file: the loaded library keeps its own (mapped) one
+    lib.write_bytes(b"\0" * 64)  # the current version's file, corrupted on disk
+    restarted = ModelStore(tmp_path / "store")
+    assert restarted.current.version == "1.0.0"
+    assert restarted.current_path == store.previous_path
+
+
+def test_fails_when_neither_version_loads(host_artifact, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.install(host_artifact)
+    (store.current_path / "model.so").unlink()
+    (store.current_path / "model.so").write_bytes(b"\0" * 64)
+    with pytest.raises(ArtifactError, match=r"the current version does not load and there is "
+                                            r"no previous one"):
+        ModelStore(tmp_path / "store")
