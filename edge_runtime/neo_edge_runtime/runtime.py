@@ -282,7 +282,7 @@ class EdgeModel:
                 raise InputError(f"model {self.name!r} has {len(specs)} inputs "
                                  f"({', '.join(specs)}); pass a dict of name to array")
             inputs = {next(iter(specs)): inputs}
-        unknown = sorted(set(inputs) - set(specs))
+        unknown = sorted(set(inputs) - set(specs), key=repr)
         if unknown:
             raise InputError(f"unknown input {unknown[0]!r} for model {self.name!r}; "
                              f"its inputs are {', '.join(specs)}")
@@ -292,8 +292,13 @@ class EdgeModel:
         checked = {}
         for name, spec in specs.items():
             value = inputs[name]
-            arr = np.asarray(value, dtype=spec["dtype"]) if isinstance(value, (list, tuple)) \
-                else value
+            arr = value
+            if isinstance(value, (list, tuple)):
+                try:
+                    arr = np.asarray(value, dtype=spec["dtype"])
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise InputError(f"input {name!r} cannot be read as a {spec['dtype']} "
+                                     f"array: {exc}") from None
             if not isinstance(arr, np.ndarray):
                 raise InputError(f"input {name!r} must be a numpy array; got "
                                  f"{type(value).__name__}")

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from neo_edge_runtime import ArtifactError, EdgeModel, InputError
 
@@ -208,3 +210,31 @@ def test_warmup_and_latency_percentiles(model):
     stats = model.latency_stats()
     assert stats["count"] == 5
     assert 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+
+
+# Whatever a caller passes, predict answers or raises InputError: never another exception.
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                     st.text(max_size=8), st.binary(max_size=8))
+_NESTED = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.tuples(inner),
+                       max_leaves=20)
+_KEYS = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.sampled_from(["input"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(_NESTED, st.dictionaries(_KEYS, _NESTED, max_size=3)))
+def test_predict_refuses_what_is_not_its_input_with_input_error_only(model, value):
+    try:
+        model.predict(value)
+    except InputError:
+        pass
+
+
+@pytest.mark.parametrize("value", [
+    [[1, 2], [3]],                      # ragged
+    [10 ** 400],                        # an integer too large for any dtype
+    ["a", "b"],                         # strings
+    {1: np.zeros(1), "x": np.zeros(1)},  # keys that do not sort together
+])
+def test_fails_with_input_error_on_unreadable_input(model, value):
+    with pytest.raises(InputError):
+        model.predict(value)
