@@ -31,6 +31,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from ._lambda import bundled_function
 from ._nag import as_seen_from
 from .interfaces import IEdgeFleet, IModelArtifactBucket
 from .storage import as_bucket
@@ -175,14 +176,20 @@ class EdgeFleet(_FleetGrants, Construct):
         Create a fleet provisioning template (and the claim certificate's IoT policy,
         ``claim_policy``) so that devices holding a claim certificate can register:
         each gets a thing named by the device, its own certificate, this fleet's policy,
-        and membership of the (static) group. Default: no template.
+        and membership of the (static) group. A pre-provisioning hook (the
+        ``provisioning_hook`` Lambda function) allows new thing names only: a copied
+        claim certificate cannot take over an existing device. Default: no template.
+    provisioning_thing_name_prefix:
+        With ``fleet_provisioning``, devices must name themselves with this prefix
+        (``camera-``). Default: any valid thing name.
 
     Attributes
     ----------
     thing_group:
         The ``AWS::IoT::ThingGroup`` (the construct's ``Resource``).
-    policy, token_exchange_role, role_alias, things, provisioning_template, claim_policy:
-        The resources created (the last two ``None`` without fleet provisioning).
+    policy, token_exchange_role, role_alias, things, provisioning_template, claim_policy,
+    provisioning_hook:
+        The resources created (the last three ``None`` without fleet provisioning).
     fleet_name, thing_group_name, thing_group_arn, topic_prefix:
         What deployments, telemetry and other stacks refer to.
     """
@@ -193,7 +200,8 @@ class EdgeFleet(_FleetGrants, Construct):
                  artifact_prefix: str = "",
                  topic_prefix: str = "neo-edge",
                  credential_duration: Optional[cdk.Duration] = None,
-                 fleet_provisioning: bool = False) -> None:
+                 fleet_provisioning: bool = False,
+                 provisioning_thing_name_prefix: Optional[str] = None) -> None:
         super().__init__(scope, id)
         name = fleet_name if fleet_name is not None else cdk.Names.unique_resource_name(
             self, max_length=64, separator="-")
@@ -208,6 +216,14 @@ class EdgeFleet(_FleetGrants, Construct):
         if dynamic_query is not None and fleet_provisioning:
             raise ValueError("fleet_provisioning needs a static thing group to add devices to; "
                              f"got dynamic_query {dynamic_query!r}")
+        if provisioning_thing_name_prefix is not None:
+            if not fleet_provisioning:
+                raise ValueError(f"provisioning_thing_name_prefix applies to fleet_provisioning; "
+                                 f"got {provisioning_thing_name_prefix!r} without it")
+            if not _THING_NAME.match(provisioning_thing_name_prefix) or \
+                    len(provisioning_thing_name_prefix) > 64:
+                raise ValueError(f"provisioning_thing_name_prefix must be 1 to 64 letters, "
+                                 f"digits, ':', '-' or '_'; got {provisioning_thing_name_prefix!r}")
         for thing in thing_names:
             if not cdk.Token.is_unresolved(thing) and (
                     not _THING_NAME.match(thing) or len(thing) > 128):
@@ -285,8 +301,9 @@ class EdgeFleet(_FleetGrants, Construct):
         self.provisioning_template: Optional[iot.CfnProvisioningTemplate] = None
         self.claim_policy: Optional[iot.CfnPolicy] = None
         self.provisioning_role: Optional[iam.Role] = None
+        self.provisioning_hook = None
         if fleet_provisioning:
-            self._fleet_provisioning(stack)
+            self._fleet_provisioning(stack, provisioning_thing_name_prefix or "")
 
         cdk.CfnOutput(self, "ThingGroupName", value=name,
                       description="greengrass installer --thing-group-name")
@@ -402,8 +419,27 @@ class EdgeFleet(_FleetGrants, Construct):
         if provider is not None:
             _acknowledge_custom_resource_provider(provider)
 
-    def _fleet_provisioning(self, stack: cdk.Stack) -> None:
+    def _fleet_provisioning(self, stack: cdk.Stack, thing_name_prefix: str) -> None:
         template_name = provisioning_template_name(self.fleet_name)
+        template_arn = stack.format_arn(service="iot", resource="provisioningtemplate",
+                                        resource_name=template_name)
+        hook = bundled_function(
+            self, "ProvisioningHook", "provisioning_hook",
+            environment={"TEMPLATE_NAME": template_name, "THING_NAME_PREFIX": thing_name_prefix},
+            timeout=cdk.Duration.seconds(10),
+            description=f"neo-edge: new devices only into the fleet {self.fleet_name}")
+        things = stack.format_arn(service="iot", resource="thing", resource_name="*")
+        hook.add_to_role_policy(iam.PolicyStatement(
+            sid="SeeExistingThings", actions=["iot:DescribeThing"], resources=[things]))
+        acknowledge_wildcards(
+            hook.role, [things],
+            reason="the hook checks whether the thing name a device asks for exists already; "
+                   "names are chosen by devices, so thing/* (read only, DescribeThing) is the "
+                   "narrowest resource")
+        hook.add_permission("InvokeFromFleetProvisioning",
+                            principal=iam.ServicePrincipal("iot.amazonaws.com"),
+                            source_arn=template_arn, source_account=stack.account)
+        self.provisioning_hook = hook
         role = iam.Role(
             self, "ProvisioningRole", assumed_by=iam.ServicePrincipal("iot.amazonaws.com"),
             description=f"fleet provisioning of the neo-edge fleet {self.fleet_name}")
@@ -450,7 +486,9 @@ class EdgeFleet(_FleetGrants, Construct):
             self, "ProvisioningTemplate", template_name=template_name,
             description=f"claim-certificate provisioning into the neo-edge fleet {self.fleet_name}",
             enabled=True, provisioning_role_arn=role.role_arn,
-            template_body=json.dumps(body, sort_keys=True))
+            template_body=json.dumps(body, sort_keys=True),
+            pre_provisioning_hook=iot.CfnProvisioningTemplate.ProvisioningHookProperty(
+                target_arn=hook.function_arn, payload_version="2020-04-01"))
         template.node.add_dependency(self.thing_group)
         template.node.add_dependency(self.policy)
 

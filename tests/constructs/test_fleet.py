@@ -162,6 +162,39 @@ def test_fleet_provisioning_template(built):
             "Principal": {"Service": "iot.amazonaws.com"}})]}})
 
 
+def test_provisioning_asks_the_hook_which_devices_may_register(built):
+    fleet, template, _ = built
+    hook_id = cdk.Stack.of(fleet).get_logical_id(fleet.provisioning_hook.node.default_child)
+    template.has_resource_properties("AWS::IoT::ProvisioningTemplate", {
+        "PreProvisioningHook": {"TargetArn": {"Fn::GetAtt": [hook_id, "Arn"]},
+                                "PayloadVersion": "2020-04-01"}})
+    template.has_resource_properties("AWS::Lambda::Function", {
+        "Handler": "provisioning_hook.handler",
+        "Environment": {"Variables": Match.object_like({
+            "TEMPLATE_NAME": "cameras-FleetProvisioning", "THING_NAME_PREFIX": ""})}})
+    # Only AWS IoT, for this account's template, may invoke it.
+    (permission,) = [p["Properties"] for p in template.find_resources("AWS::Lambda::Permission").values()
+                     if p["Properties"]["FunctionName"] == {"Fn::GetAtt": [hook_id, "Arn"]}]
+    assert permission["Principal"] == "iot.amazonaws.com"
+    assert arn_tail(permission["SourceArn"]) == ":provisioningtemplate/cameras-FleetProvisioning"
+    assert permission["SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_provisioned_thing_names_may_carry_a_prefix():
+    stack = new_stack()
+    fleet = EdgeFleet(stack, "F", fleet_name="gateways", fleet_provisioning=True,
+                      provisioning_thing_name_prefix="gw-")
+    Template.from_stack(stack).has_resource_properties("AWS::Lambda::Function", {
+        "Environment": {"Variables": Match.object_like({"THING_NAME_PREFIX": "gw-"})}})
+    assert fleet.provisioning_hook is not None
+
+
+def test_fails_when_a_thing_name_prefix_comes_without_provisioning():
+    with pytest.raises(ValueError, match=r"^provisioning_thing_name_prefix applies to "
+                                         r"fleet_provisioning; got 'gw-' without it$"):
+        EdgeFleet(new_stack(), "F", provisioning_thing_name_prefix="gw-")
+
+
 def test_claim_policy_allows_only_provisioning_topics(built):
     _, template, _ = built
     (claim,) = template.find_resources("AWS::IoT::Policy", {
