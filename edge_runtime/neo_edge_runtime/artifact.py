@@ -18,8 +18,12 @@ constructs and Lambdas read manifests, all through this module.
       "files": {"model.so": "<sha256>", "params.bin": "<sha256>"},
       "tvm_version": "0.27.0.post1",
       "compile_options": {...},
+      "optimizations": {"skipped": [{"pass": "convert_layout", "reason": "..."}]},
       "metadata": {...}
     }
+
+``optimizations`` is there only when some of the compiler's optimizing passes failed
+and were skipped (the model then runs correctly, more slowly).
 
 Nothing in it depends on when or where it was built, so the same inputs give the same
 bytes: a Greengrass component version is derived from it.
@@ -42,6 +46,12 @@ PARAMS = "params.bin"
 
 _REQUIRED = ("format_version", "model", "framework", "target", "library", "inputs",
              "outputs", "files")
+#: Tensor element types a manifest may declare (numpy's names).
+DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float16", "float32", "float64")
+#: The most elements one input or output may declare (what a device allocates for it).
+MAX_ELEMENTS = 1 << 31
+_SHA256 = frozenset("0123456789abcdef")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -87,10 +97,62 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if manifest["format_version"] != FORMAT_VERSION:
         raise ArtifactError(f"{path} has format_version {manifest['format_version']!r}; "
                             f"this runtime reads format_version {FORMAT_VERSION}")
+    _check_structure(path, manifest)
     for name in [manifest["library"]] + ([manifest["params"]] if manifest.get("params") else []):
         if name not in manifest["files"]:
             raise ArtifactError(f"{path} does not list a sha256 for {name!r}")
     return manifest
+
+
+def _check_structure(path: Path, manifest: dict) -> None:
+    """The types of what a runtime reads from a manifest, so that a malformed one is an
+    :class:`ArtifactError` naming the field, never a ``TypeError`` deep in the loader."""
+    def fail(field: str, expected: str) -> None:
+        raise ArtifactError(f"{path}: {field} must be {expected}; got {_short(value)}")
+
+    value = manifest["model"]
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value.get(k)
+                                              for k in ("name", "version")):
+        fail("model", "an object with name and version strings")
+    value = manifest["target"]
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value.get(k)
+                                              for k in ("name", "arch")) \
+            or not isinstance(value.get("device", "cpu"), str):
+        fail("target", "an object with name, arch (and device) strings")
+    for field in ("library", "params"):
+        value = manifest.get(field)
+        if field == "params" and value is None:
+            continue
+        if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+            fail(field, "the name of a file in the artifact folder")
+    value = manifest["files"]
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 and set(v) <= _SHA256
+            for k, v in value.items()):
+        fail("files", "an object of file name to sha256 (64 lowercase hex digits)")
+    for field in ("inputs", "outputs"):
+        value = manifest[field]
+        if not isinstance(value, list) or not value:
+            fail(field, "a non-empty list of tensors")
+        for i, tensor in enumerate(value):
+            value = tensor
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) \
+                    or tensor.get("dtype") not in DTYPES:
+                fail(f"{field}[{i}]", f"an object with a name and a dtype among {', '.join(DTYPES)}")
+            shape = tensor.get("shape")
+            if not isinstance(shape, list) or not all(
+                    type(d) is int and 0 <= d < MAX_ELEMENTS for d in shape):
+                fail(f"{field}[{i}].shape", "a list of non-negative integers")
+            elements = 1
+            for d in shape:
+                elements *= d
+            if elements > MAX_ELEMENTS:
+                fail(f"{field}[{i}].shape", f"at most {MAX_ELEMENTS} elements")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def verify(folder: str | os.PathLike) -> dict:

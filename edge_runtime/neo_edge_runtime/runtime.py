@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from . import _ffi, artifact
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, NeoEdgeError
 from .targets import host_arch
 
 _ALIGN = 64  # TVM's kernels assume 64-byte aligned buffers
@@ -230,18 +230,27 @@ class EdgeModel:
         if num_threads is not None:
             set_num_threads(num_threads)
 
-        lib = _ffi.get_global("ffi.ModuleLoadFromFile")(
-            str((path / manifest["library"]).resolve()))
-        vm = _ffi.module_function(lib, "vm_load_executable")()
-        _ffi.module_function(vm, "vm_initialization")(_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
-        params: list = []
-        if manifest.get("params"):
-            # Already in the layout the kernels read: the compiler prepacks them.
-            loaded = _ffi.get_global("runtime.LoadParamsFromFile")(str(path / manifest["params"]))
-            get = _ffi.get_global("ffi.MapGetItem")
-            params = [get(loaded, f"p{k}")
-                      for k in range(_ffi.get_global("ffi.MapSize")(loaded))]
-        return cls(path, manifest, _ffi.module_function(vm, "main"), params, vm)
+        try:
+            lib = _ffi.get_global("ffi.ModuleLoadFromFile")(
+                str((path / manifest["library"]).resolve()))
+            vm = _ffi.module_function(lib, "vm_load_executable")()
+            _ffi.module_function(vm, "vm_initialization")(_DEVICE_TYPES["cpu"], 0,
+                                                          _POOLED_ALLOCATOR)
+            params: list = []
+            if manifest.get("params"):
+                # Already in the layout the kernels read: the compiler prepacks them.
+                loaded = _ffi.get_global("runtime.LoadParamsFromFile")(
+                    str(path / manifest["params"]))
+                get = _ffi.get_global("ffi.MapGetItem")
+                params = [get(loaded, f"p{k}")
+                          for k in range(_ffi.get_global("ffi.MapSize")(loaded))]
+            return cls(path, manifest, _ffi.module_function(vm, "main"), params, vm)
+        except NeoEdgeError:
+            raise
+        except Exception as exc:  # errors raised by the TVM runtime library, through the FFI
+            last = (str(exc).strip().splitlines() or [""])[-1]
+            raise ArtifactError(f"artifact {str(path)!r} does not load in the TVM runtime: "
+                                f"{type(exc).__name__}: {last}") from exc
 
     # -- metadata --------------------------------------------------------------------
 

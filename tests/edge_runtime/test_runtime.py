@@ -238,3 +238,52 @@ def test_predict_refuses_what_is_not_its_input_with_input_error_only(model, valu
 def test_fails_with_input_error_on_unreadable_input(model, value):
     with pytest.raises(InputError):
         model.predict(value)
+
+
+# A manifest is input too: whatever one holds, load answers with a model or ArtifactError.
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                     | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
+_FIELDS = ["model", "target", "library", "params", "inputs", "outputs", "files", "framework"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(_FIELDS), value=st.one_of(
+    _JSON, st.sampled_from(["model.so", "params.bin", "manifest.json", "../x", "/etc/passwd"]),
+    st.lists(st.fixed_dictionaries({"name": st.text(max_size=4),
+                                    "shape": st.lists(st.integers(-2, 1 << 40), max_size=4),
+                                    "dtype": st.sampled_from(["float32", "int64", "object", 3])}),
+             max_size=2)))
+def test_load_refuses_a_malformed_manifest_with_artifact_error_only(host_artifact, tmp_path, field,
+                                                                    value):
+    import json
+    folder = tmp_path / f"m{abs(hash((field, repr(value)))) % 10**9}"
+    shutil.copytree(host_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest[field] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        EdgeModel.load(folder).close()
+    except ArtifactError:
+        pass
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("inputs", [{"name": "x", "shape": [1 << 40], "dtype": "float32"}],
+     r"inputs\[0\]\.shape must be a list of non-negative integers"),
+    ("inputs", [{"name": "x", "shape": [1 << 20, 1 << 20], "dtype": "float32"}],
+     r"inputs\[0\]\.shape must be at most 2147483648 elements"),
+    ("outputs", [{"name": "y", "shape": [1], "dtype": "object"}], r"outputs\[0\] must be an object"),
+    ("params", "model.so", r"does not load in the TVM runtime"),
+    ("model", "digits", r"model must be an object with name and version strings; got 'digits'"),
+])
+def test_fails_with_artifact_error_on_a_malformed_manifest(copy, field, value, message):
+    import json
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest[field] = value
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=message):
+        EdgeModel.load(copy)

@@ -75,7 +75,7 @@ def test_fails_when_rolling_back_with_no_previous_version(host_artifact, tmp_pat
         store.rollback()
 
 
-@pytest.mark.parametrize("version", ["../../escape", "a/b", ".hidden", ""])
+@pytest.mark.parametrize("version", ["../../escape", "a/b", ".hidden"])
 def test_fails_when_the_version_would_leave_the_store(host_artifact, tmp_path, version):
     bad = shutil.copytree(host_artifact, tmp_path / "bad")
     manifest = json.loads((bad / "manifest.json").read_text())
