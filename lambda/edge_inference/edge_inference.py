@@ -70,6 +70,12 @@ NEO_EDGE_MAX_PAYLOAD_BYTES
     Optional. Larger requests are refused. Default: 4194304 (4 MiB).
 NEO_EDGE_MAX_BATCH
     Optional. Requests taken from the queue at once. Default: ``8``.
+NEO_EDGE_MAX_QUEUE
+    Optional. Requests waiting at most; past it a request is answered at once with a
+    ``Busy`` error. Default: ``256``.
+NEO_EDGE_MAX_IMAGE_PIXELS
+    Optional. The most pixels an image may declare, checked in its header before it is
+    decoded. Default: 16 times the model's image input, at least 1048576 (1 MP).
 NEO_EDGE_TOP_K
     Optional. Classes reported per classification. Default: ``5``.
 NEO_EDGE_TASK, NEO_EDGE_PREPROCESS
@@ -121,6 +127,8 @@ __all__ = ["ConfigurationError", "InferenceService", "IpcPublisher", "PayloadErr
            "Settings", "decode_image", "handler", "main"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+#: The smallest pixel budget of an image request (see ``NEO_EDGE_MAX_IMAGE_PIXELS``).
+MIN_IMAGE_PIXELS = 1 << 20
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QOS_AT_LEAST_ONCE = "1"  # awsiot.greengrasscoreipc.model.QOS.AT_LEAST_ONCE
 
@@ -165,6 +173,8 @@ class Settings:
     num_threads: Optional[int] = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_batch: int = 8
+    max_queue: int = 256
+    max_image_pixels: Optional[int] = None
     top_k: int = 5
     task: Optional[str] = None
     preprocess: Mapping[str, Any] = field(default_factory=dict)
@@ -205,6 +215,8 @@ class Settings:
             max_payload_bytes=_int_env(env, "NEO_EDGE_MAX_PAYLOAD_BYTES",
                                        DEFAULT_MAX_PAYLOAD_BYTES, 1),
             max_batch=_int_env(env, "NEO_EDGE_MAX_BATCH", 8, 1),
+            max_queue=_int_env(env, "NEO_EDGE_MAX_QUEUE", 256, 1),
+            max_image_pixels=_int_env(env, "NEO_EDGE_MAX_IMAGE_PIXELS", 0, 0) or None,
             top_k=_int_env(env, "NEO_EDGE_TOP_K", 5, 1),
             task=task,
             preprocess=preprocess,
@@ -224,7 +236,14 @@ def _paeth(a: int, b: int, c: int) -> int:
     return b if pb <= pc else c
 
 
-def _decode_png(data: bytes) -> np.ndarray:
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image by the size its header declares, before decoding it."""
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise PayloadError(f"undecodable image: {width}x{height} pixels is over the budget of "
+                           f"{max_pixels} pixels (NEO_EDGE_MAX_IMAGE_PIXELS)")
+
+
+def _decode_png(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
     pos, idat, header, palette = 8, [], None, None
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos:pos + 4])
@@ -248,15 +267,16 @@ def _decode_png(data: bytes) -> np.ndarray:
     if channels is None or depth not in (8, 16) or interlace or (colour == 3 and depth != 8):
         raise PayloadError(f"undecodable image: PNG colour type {colour}, bit depth {depth}, "
                            f"interlace {interlace} needs Pillow on the device")
-    if width * height > 64_000_000:
-        raise PayloadError(f"undecodable image: {width}x{height} pixels is too large")
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise PayloadError(f"undecodable image: PNG data is corrupt ({exc})") from None
+    _check_pixels(width, height, max_pixels)
     bpp = channels * depth // 8
     stride = width * bpp
-    if len(raw) != height * (stride + 1):
+    expected = height * (stride + 1)
+    try:  # never more than the header's size: a small file may inflate to gigabytes
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(b"".join(idat), expected + 1)
+    except zlib.error as exc:
+        raise PayloadError(f"undecodable image: PNG data is corrupt ({exc})") from None
+    if len(raw) != expected:
         raise PayloadError("undecodable image: PNG data does not match its size")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
     out = np.zeros((height, stride), dtype=np.uint8)
@@ -296,7 +316,7 @@ def _decode_png(data: bytes) -> np.ndarray:
     return image
 
 
-def _decode_pnm(data: bytes) -> np.ndarray:
+def _decode_pnm(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
     tokens: list[bytes] = []
     pos = 2
     while len(tokens) < 3:
@@ -316,6 +336,10 @@ def _decode_pnm(data: bytes) -> np.ndarray:
         width, height, maxval = (int(t) for t in tokens)
     except ValueError:
         raise PayloadError("undecodable image: the PGM/PPM header is not numeric") from None
+    _check_pixels(width, height, max_pixels)
+    if not 0 < maxval < 65536:
+        raise PayloadError(f"undecodable image: PGM/PPM maximum value must be 1 to 65535; "
+                           f"got {maxval}")
     channels = 1 if data[:2] == b"P5" else 3
     dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
     body = data[pos + 1:]
@@ -332,8 +356,11 @@ def _is_image(data: bytes) -> bool:
             or data[:3] == b"\xff\xd8\xff" or data[:4] in (b"GIF8", b"RIFF") or data[:2] == b"BM")
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
     """Decode an image file to an ``(H, W, C)`` array (uint8, or float32 for deep images).
+
+    An image whose header declares more than ``max_pixels`` pixels is refused before it
+    is decoded.
 
     Raises
     ------
@@ -349,17 +376,20 @@ def decode_image(data: bytes) -> np.ndarray:
 
         try:
             with Image.open(io.BytesIO(data)) as img:
+                _check_pixels(*img.size, max_pixels)
                 img.load()
                 if img.mode not in ("L", "RGB"):
                     img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
                 array = np.asarray(img)
+        except PayloadError:
+            raise
         except Exception as exc:  # Pillow raises many types for a bad file
             raise PayloadError(f"undecodable image: {exc}") from None
         return array[..., None] if array.ndim == 2 else array
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _decode_png(data)
+        return _decode_png(data, max_pixels)
     if data[:2] in (b"P5", b"P6"):
-        return _decode_pnm(data)
+        return _decode_pnm(data, max_pixels)
     kind = "JPEG" if data[:3] == b"\xff\xd8\xff" else "this format"
     raise PayloadError(f"undecodable image: {kind} needs Pillow on the device (built in: PNG, "
                        f"binary PGM/PPM)")
@@ -580,7 +610,7 @@ class InferenceService:
         self._watched: Optional[tuple] = None
         self._last_check = 0.0
         self._reload_lock = threading.Lock()
-        self.queue: "queue.Queue[tuple[Any, float]]" = queue.Queue()
+        self.queue: "queue.Queue[tuple[Any, float]]" = queue.Queue(settings.max_queue)
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self.load(self._model_dir)
@@ -664,6 +694,8 @@ class InferenceService:
             if data.lstrip()[:1] in (b"{", b"["):
                 try:
                     payload = json.loads(data)
+                except RecursionError:
+                    raise PayloadError("payload is nested too deeply") from None
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                     # Raw tensor bytes may happen to start like JSON.
                     raw = self._raw_tensor(model, data)
@@ -687,12 +719,14 @@ class InferenceService:
             self._check_size(len(payload.encode()))
             try:
                 payload = json.loads(payload)
+            except RecursionError:
+                raise PayloadError("payload is nested too deeply") from None
             except json.JSONDecodeError as exc:
                 raise PayloadError(f"payload is not valid JSON: {exc}") from None
         else:
             try:
                 size = len(json.dumps(payload))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 raise PayloadError("payload is not JSON-serialisable") from None
             self._check_size(size)
         if not isinstance(payload, dict):
@@ -708,6 +742,13 @@ class InferenceService:
         except PayloadError as exc:
             exc.request_id = request_id  # type: ignore[attr-defined]
             raise
+        except (ArithmeticError, LookupError, TypeError, ValueError, MemoryError,
+                RecursionError, struct.error) as exc:
+            # numpy and the decoders refuse absurd shapes, numbers and headers in many ways:
+            # each is this request's error, answered under its own id.
+            error = PayloadError(f"unreadable request: {type(exc).__name__}: {exc}")
+            error.request_id = request_id  # type: ignore[attr-defined]
+            raise error from None
 
     @staticmethod
     def _raw_tensor(model: Any, data: bytes) -> Optional[Request]:
@@ -733,14 +774,28 @@ class InferenceService:
         return options
 
     def _image(self, data: bytes, spec: Mapping[str, Any]) -> np.ndarray:
-        return _preprocess_image(decode_image(data), spec, self._preprocess_options(self.model))
+        return _preprocess_image(decode_image(data, self._pixel_budget(spec)), spec,
+                                 self._preprocess_options(self.model))
+
+    def _pixel_budget(self, spec: Mapping[str, Any]) -> int:
+        """Pixels an image for ``spec`` may declare: the setting, else 16 times the input's
+        own (its two largest dimensions), at least :data:`MIN_IMAGE_PIXELS`."""
+        if self.settings.max_image_pixels:
+            return self.settings.max_image_pixels
+        dims = sorted(int(d) for d in spec["shape"])[-2:]
+        return max(MIN_IMAGE_PIXELS, 16 * math.prod(dims))
 
     def _inputs(self, payload: Mapping[str, Any], model: Any) -> dict[str, np.ndarray]:
         if "inputs" in payload:
             given = payload["inputs"]
             if not isinstance(given, Mapping) or not given:
                 raise PayloadError("'inputs' must be an object of input name to tensor")
-            return {name: _tensor(value, _spec(model, name)) for name, value in given.items()}
+            specs = {name: _spec(model, name) for name in given}
+            missing = [spec["name"] for spec in model.inputs if spec["name"] not in given]
+            if missing:
+                raise PayloadError(f"'inputs' lacks {', '.join(map(repr, missing))}: the model "
+                                   f"takes {', '.join(repr(s['name']) for s in model.inputs)}")
+            return {name: _tensor(value, specs[name]) for name, value in given.items()}
         if "tensor" in payload:
             spec = _single_input(model)
             return {spec["name"]: _tensor(payload["tensor"], spec)}
@@ -748,7 +803,7 @@ class InferenceService:
             spec = _single_input(model)
             try:
                 array = np.asarray(payload["data"], dtype=np.dtype(spec["dtype"]))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise PayloadError(f"'data' for input {spec['name']!r} must be a (nested) list of "
                                    "numbers of one shape") from None
             return {spec["name"]: _fit(array, spec)}
@@ -834,18 +889,23 @@ class InferenceService:
             logger.error(f"could not publish to {topic}: {exc!r}")
 
     def _run(self, model: Any, batch: list[Request]) -> list[dict[str, Any]]:
-        """Run requests together when the model's batch axis fits several, else one by one."""
+        """One result per request, in order. When the model's batch axis is larger than 1,
+        requests of one row each are stacked (``axis`` at a time, zero-padded); a request
+        that fills the axis itself runs alone."""
         specs = model.inputs
         axis = min((int(s["shape"][0]) for s in specs if s["shape"]), default=1)
-        stackable = axis > 1 and all(
-            len(spec["shape"]) and r.inputs[spec["name"]].shape[0] == 1
-            for r in batch for spec in specs)
-        results: list[dict[str, Any]] = []
-        step = axis if stackable else 1
-        for start in range(0, len(batch), step):
-            results.extend(self._predict(model, batch[start:start + step], len(batch),
-                                         axis if stackable else None))
-        return results
+        rows = [i for i, r in enumerate(batch) if axis > 1 and all(
+            spec["shape"] and r.inputs[spec["name"]].shape[:1] == (1,) for spec in specs)]
+        alone = [i for i in range(len(batch)) if i not in set(rows)]
+        results: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(rows), axis):
+            chunk = rows[start:start + axis]
+            for i, result in zip(chunk, self._predict(model, [batch[i] for i in chunk],
+                                                      len(batch), axis)):
+                results[i] = result
+        for i in alone:
+            (results[i],) = self._predict(model, [batch[i]], len(batch), None)
+        return [results[i] for i in range(len(batch))]
 
     def _predict(self, model: Any, requests: list[Request], batch_size: int,
                  axis: Optional[int]) -> list[dict[str, Any]]:
@@ -913,11 +973,24 @@ class InferenceService:
     # -- process mode ----------------------------------------------------------------
 
     def submit(self, payload: Any) -> None:
-        """Queue one message (called from the IPC subscription's thread)."""
-        self.queue.put((payload, time.monotonic()))
-        backlog = self.queue.qsize()
-        if backlog and backlog % 1000 == 0:
-            logger.warning(f"{backlog} requests are waiting")
+        """Queue one message (called from the IPC subscription's thread).
+
+        A message over the size limit, or one arriving while ``max_queue`` wait already,
+        is answered at once (``PayloadError`` / ``Busy``, under its request id when it
+        names one) and never queued.
+        """
+        size = len(payload) if isinstance(payload, (bytes, bytearray, str)) else 0
+        if size > self.settings.max_payload_bytes:
+            self._publish_error(_request_id_of(payload), "PayloadError",
+                                f"payload of {size} bytes is over the limit of "
+                                f"{self.settings.max_payload_bytes} bytes")
+            return
+        try:
+            self.queue.put_nowait((payload, time.monotonic()))
+        except queue.Full:
+            self._publish_error(_request_id_of(payload), "Busy",
+                                f"{self.settings.max_queue} requests are waiting; try again "
+                                f"later")
 
     def serve_once(self, timeout: float = 1.0) -> int:
         """Take what is queued (up to ``max_batch``), serve it, return how many were taken."""
@@ -953,6 +1026,18 @@ class InferenceService:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
+
+
+def _request_id_of(payload: Any) -> str:
+    """The request id a message names, read cheaply (no decoding of its inputs); else a
+    new one."""
+    try:
+        if isinstance(payload, (bytes, bytearray, str)) and len(payload) <= 1 << 16:
+            payload = json.loads(payload)
+        value = payload.get("request_id") if isinstance(payload, dict) else None
+    except (ValueError, RecursionError):
+        value = None
+    return value if isinstance(value, str) and _REQUEST_ID.match(value) else uuid.uuid4().hex
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from neo_edge_runtime.errors import ArtifactError, InputError
 
@@ -718,3 +720,151 @@ def test_the_model_store_swaps_versions_and_keeps_a_broken_one_out(edge, compile
     [still] = service.handle([x])
     assert still["model_version"] == "2.0.0"
     assert ipc.on("e")[0]["error"]["type"] == "ModelUpdateError"
+
+
+# --- hostile input: one answer per request under its own id, bounded work ----------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG declaring ``width`` x ``height`` grey pixels, with almost no data."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(params=["built-in", "pillow"])
+def decoder(request, monkeypatch):
+    """Each image test runs on the device's built-in decoders and on Pillow's."""
+    if request.param == "built-in":
+        monkeypatch.setitem(sys.modules, "PIL", None)
+    else:
+        pytest.importorskip("PIL")
+    return request.param
+
+
+@pytest.mark.parametrize("width,height", [(8170, 8170), (1, 60_000_000)])
+def test_an_image_bomb_is_refused_by_its_header(edge, decoder, width, height):
+    f = make(edge, FakeModel(**IMAGE_MODEL))
+    start = time.perf_counter()
+    (result,) = f.service.handle([png_header_only(width, height)])
+    assert time.perf_counter() - start < 1.0
+    assert result["error"]["type"] == "PayloadError"
+    assert "pixels is over the budget of 1048576 pixels" in result["error"]["message"]
+
+
+def test_an_image_of_no_pixels_is_refused(edge, decoder):
+    f = make(edge, FakeModel(**IMAGE_MODEL))
+    (result,) = f.service.handle([png_header_only(0, 10)])
+    assert result["error"]["type"] == "PayloadError"
+
+
+def test_the_pixel_budget_is_a_setting(edge, decoder):
+    f = make(edge, FakeModel(**IMAGE_MODEL), max_image_pixels=10)
+    (result,) = f.service.handle([png(np.zeros((4, 4, 1), np.uint8))])
+    assert "4x4 pixels is over the budget of 10 pixels" in result["error"]["message"]
+
+
+def test_a_png_that_inflates_past_its_header_is_refused(edge, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 50_000_000)) + chunk(b"IEND", b""))
+    f = make(edge, FakeModel(**IMAGE_MODEL))
+    (result,) = f.service.handle([bomb])
+    assert result["error"]["message"] == "undecodable image: PNG data does not match its size"
+
+
+@pytest.mark.parametrize("payload", [
+    {"request_id": "deep", "data": json.loads("[" * 50 + "1" + "]" * 50)},
+    {"request_id": "huge", "data": [10 ** 400]},
+    {"request_id": "dims", "tensor": {"b64": "", "dtype": "float32", "shape": [0] * 70}},
+    {"request_id": "wide", "tensor": {"b64": "", "dtype": "float32", "shape": [2 ** 62, 2 ** 62]}},
+    {"request_id": "img", "image": base64.b64encode(b"P5 99999999999 1 255\n").decode()},
+    {"request_id": "ppm", "image": base64.b64encode(b"P6 2 2 0\n" + b"\0" * 12).decode()},
+])
+def test_a_malformed_request_is_answered_under_its_own_id(edge, decoder, payload):
+    f = make(edge, FakeModel(**IMAGE_MODEL) if "image" in payload else FakeModel())
+    (result,) = f.service.handle([payload])
+    assert result["request_id"] == payload["request_id"]
+    assert result["error"]["type"] == "PayloadError"
+
+
+def test_json_nested_past_the_interpreter_limit_is_a_payload_error(edge):
+    f = make(edge, FakeModel())
+    (result,) = f.service.handle([b"[" * 100_000 + b"]" * 100_000])
+    assert result["error"]["type"] == "PayloadError"
+
+
+def two_input_model(axis=4):
+    return FakeModel(inputs=[{"name": "a", "shape": [axis, 2], "dtype": "float32"},
+                             {"name": "b", "shape": [axis, 2], "dtype": "float32"}],
+                     outputs=[{"name": "y", "shape": [axis, 1], "dtype": "float32"}],
+                     metadata={"task": "regression"},
+                     fn=lambda x: {"y": (x["a"] + x["b"]).sum(axis=1, keepdims=True)})
+
+
+def test_a_request_missing_an_input_does_not_fail_its_batch(edge):
+    f = make(edge, two_input_model())
+    row = np.ones((1, 2), np.float32)
+    results = f.service.handle([{"request_id": "ok", "inputs": {"a": b64(row), "b": b64(row)}},
+                                {"request_id": "half", "inputs": {"a": b64(row)}}])
+    assert results[0]["value"] == 4.0
+    assert results[1]["request_id"] == "half"
+    assert results[1]["error"]["message"].startswith("'inputs' lacks 'b'")
+
+
+def test_a_whole_batch_request_and_row_requests_are_all_served(edge):
+    model = batch_model()
+    f = make(edge, model)
+    whole = np.arange(8, dtype=np.float32).reshape(4, 2)
+    results = f.service.handle([{"request_id": "row-1", "data": [[1, 1]]},
+                                {"request_id": "whole", "tensor": b64(whole)},
+                                {"request_id": "row-2", "data": [[2, 2]]}])
+    assert [r["request_id"] for r in results] == ["row-1", "whole", "row-2"]
+    assert all("error" not in r for r in results)
+    assert results[0]["value"] == 2.0 and results[2]["value"] == 4.0
+    assert len(model.calls) == 2  # the two rows stacked, the whole batch alone
+
+
+def test_a_full_queue_answers_busy_at_once(edge):
+    f = make(edge, FakeModel(), max_queue=2)
+    for i in range(3):
+        f.service.submit(json.dumps({"request_id": f"r-{i}", "data": [1, 2, 3, 4]}))
+    (busy,) = f.errors()
+    assert busy["request_id"] == "r-2" and busy["error"]["type"] == "Busy"
+    assert f.service.serve_once(timeout=0) == 2
+
+
+def test_a_payload_over_the_limit_is_answered_before_queueing(edge):
+    f = make(edge, FakeModel(), max_payload_bytes=100)
+    f.service.submit(b"x" * 101)
+    assert f.service.queue.qsize() == 0
+    assert f.errors()[0]["error"]["type"] == "PayloadError"
+
+
+_ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
+                         | st.text(max_size=8),
+                         lambda inner: st.lists(inner, max_size=4)
+                         | st.dictionaries(st.sampled_from(["request_id", "data", "tensor", "inputs",
+                                                            "image", "b64", "dtype", "shape",
+                                                            "input", "x"]), inner, max_size=4),
+                         max_leaves=16)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(st.one_of(_ANY_JSON, st.binary(max_size=64)), min_size=1, max_size=4))
+def test_bad_neighbours_leave_a_valid_request_unaffected(edge, bad):
+    f = make(edge, batch_model())
+    valid = {"request_id": "valid", "data": [[3, 4]]}
+    results = f.service.handle([*bad, valid, *bad])
+    assert len(results) == 2 * len(bad) + 1
+    (mine,) = [r for r in results if r["request_id"] == "valid" and "error" not in r]
+    assert mine["value"] == 7.0
+    for result in results:
+        if "error" in result:
+            assert result["error"]["type"] in ("PayloadError", "InputError")
