@@ -82,11 +82,17 @@ NEO_EDGE_TASK, NEO_EDGE_PREPROCESS
     Optional. Override the manifest metadata's ``task`` and ``preprocess`` (JSON object).
 NEO_EDGE_RELOAD_CHECK_SECONDS
     Optional. How often the model folder is checked for a new version. Default: ``10``.
+NEO_EDGE_MODEL_ROOTS
+    Optional, folders separated by ``:``. A ``modelPath`` from the configuration must lie
+    in one of them. Default: the folder holding ``$NEO_EDGE_MODEL_DIR`` (the component's
+    work folder).
 AWS_IOT_THING_NAME
     Set by Greengrass: the device name in every result.
 
 Component configuration (process mode): an update of ``modelPath`` (or ``threadCount``)
-reloads the model from that path through the store.
+reloads the model from that path through the store, when the path lies in one of the
+model folders (``$NEO_EDGE_MODEL_ROOTS``): a configuration cannot make the device load a
+library from anywhere else.
 """
 
 from __future__ import annotations
@@ -179,6 +185,13 @@ class Settings:
     task: Optional[str] = None
     preprocess: Mapping[str, Any] = field(default_factory=dict)
     reload_check_seconds: float = 10.0
+    model_roots: tuple = ()
+
+    @property
+    def allowed_model_roots(self) -> tuple:
+        """Where a configured ``modelPath`` may point: the setting, else the folder holding
+        ``model_dir``."""
+        return self.model_roots or (str(Path(self.model_dir).resolve().parent),)
 
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -221,6 +234,8 @@ class Settings:
             task=task,
             preprocess=preprocess,
             reload_check_seconds=float(_int_env(env, "NEO_EDGE_RELOAD_CHECK_SECONDS", 10, 0)),
+            model_roots=tuple(p for p in str(env.get("NEO_EDGE_MODEL_ROOTS", "")).split(":")
+                              if p.strip()),
         )
 
 
@@ -673,8 +688,16 @@ class InferenceService:
             self.settings = replace(self.settings, num_threads=int(threads) or None)
             if hasattr(self.store, "num_threads"):
                 self.store.num_threads = self.settings.num_threads
-        if isinstance(path, str) and path and (path != self._model_dir
-                                               or self._stamp(path) != self._watched):
+        if not isinstance(path, str) or not path:
+            return
+        roots = self.settings.allowed_model_roots
+        if not any(_within(path, root) for root in roots):
+            logger.error(f"modelPath {path!r} refused: outside {', '.join(roots)}")
+            self._publish_error(f"config-{uuid.uuid4().hex[:12]}", "ConfigurationError",
+                                f"modelPath {path!r} is outside the model folders this "
+                                f"component loads from ({', '.join(roots)}); not loaded")
+            return
+        if path != self._model_dir or self._stamp(path) != self._watched:
             self.load(path)
 
     # -- requests --------------------------------------------------------------------
@@ -1026,6 +1049,15 @@ class InferenceService:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
+
+
+def _within(path: str, root: str) -> bool:
+    """Whether ``path`` (links followed) lies inside the folder ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _request_id_of(payload: Any) -> str:

@@ -711,8 +711,8 @@ def test_the_model_store_swaps_versions_and_keeps_a_broken_one_out(edge, compile
     expected = _softmax_rows(np.array(x["data"], np.float32) @ -WEIGHT)[0]
     assert v2["scores"][0] == pytest.approx(float(expected.max()), rel=1e-4)
 
-    broken = tmp_path / "broken"
-    shutil.copytree(compiled["1.0.0"], broken)
+    broken = compiled["1.0.0"].parent / "broken"  # among the model folders
+    shutil.copytree(compiled["1.0.0"], broken, dirs_exist_ok=True)
     library = next(p for p in broken.iterdir() if p.suffix == ".so")
     library.write_bytes(library.read_bytes()[:-16] + b"\0" * 16)  # tampered: digest mismatch
     service.on_configuration({"modelPath": str(broken)})
@@ -868,3 +868,21 @@ def test_bad_neighbours_leave_a_valid_request_unaffected(edge, bad):
     for result in results:
         if "error" in result:
             assert result["error"]["type"] in ("PayloadError", "InputError")
+
+
+@pytest.mark.parametrize("path", ["/usr/lib/evil", "/models/../etc/model", "relative/elsewhere"])
+def test_a_configured_model_path_outside_the_model_folders_is_not_loaded(edge, path):
+    f = make(edge, models={"/models/v1": FakeModel(), path: FakeModel(version="6.6.6")})
+    f.service.on_configuration({"modelPath": path})
+    assert f.store.installed == ["/models/v1"]
+    (error,) = f.errors()
+    assert error["error"]["type"] == "ConfigurationError"
+    assert error["error"]["message"].startswith(f"modelPath {path!r} is outside the model folders")
+
+
+def test_model_roots_come_from_the_environment(edge):
+    settings = edge.Settings.from_environment({"NEO_EDGE_MODEL_DIR": "/greengrass/work/c/model",
+                                               "NEO_EDGE_MODEL_ROOTS": "/data/models:/opt/m"})
+    assert settings.allowed_model_roots == ("/data/models", "/opt/m")
+    default = edge.Settings.from_environment({"NEO_EDGE_MODEL_DIR": "/greengrass/work/c/model"})
+    assert default.allowed_model_roots == ("/greengrass/work/c",)
