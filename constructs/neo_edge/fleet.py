@@ -41,6 +41,10 @@ __all__ = ["EdgeFleet", "THING", "acknowledge_wildcards", "nag_wildcard_ids",
 
 #: The policy variable AWS IoT replaces with the name of the thing the certificate is attached to.
 THING = "${iot:Connection.Thing.ThingName}"
+#: MQTT client ids a claim certificate may connect with (the fleet provisioning plugin's
+#: ``deviceId``). No device may be named so: otherwise a claim connection could take over a
+#: device's client id and disconnect it.
+CLAIM_CLIENT_ID_PREFIX = "claim-"
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 _THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]+$")
@@ -178,7 +182,11 @@ class EdgeFleet(_FleetGrants, Construct):
         each gets a thing named by the device, its own certificate, this fleet's policy,
         and membership of the (static) group. A pre-provisioning hook (the
         ``provisioning_hook`` Lambda function) allows new thing names only: a copied
-        claim certificate cannot take over an existing device. Default: no template.
+        claim certificate cannot take over an existing device. The claim certificate
+        connects only with client ids starting with ``claim-`` (set the fleet
+        provisioning plugin's ``deviceId`` to ``claim-<serial number>``), which no
+        device may be named, so it cannot disconnect a device by taking its client id.
+        Default: no template.
     provisioning_thing_name_prefix:
         With ``fleet_provisioning``, devices must name themselves with this prefix
         (``camera-``). Default: any valid thing name.
@@ -221,9 +229,12 @@ class EdgeFleet(_FleetGrants, Construct):
                 raise ValueError(f"provisioning_thing_name_prefix applies to fleet_provisioning; "
                                  f"got {provisioning_thing_name_prefix!r} without it")
             if not _THING_NAME.match(provisioning_thing_name_prefix) or \
-                    len(provisioning_thing_name_prefix) > 64:
+                    len(provisioning_thing_name_prefix) > 64 or \
+                    provisioning_thing_name_prefix.startswith(CLAIM_CLIENT_ID_PREFIX):
                 raise ValueError(f"provisioning_thing_name_prefix must be 1 to 64 letters, "
-                                 f"digits, ':', '-' or '_'; got {provisioning_thing_name_prefix!r}")
+                                 f"digits, ':', '-' or '_', not starting with "
+                                 f"{CLAIM_CLIENT_ID_PREFIX!r} (the claim connections' client "
+                                 f"ids); got {provisioning_thing_name_prefix!r}")
         for thing in thing_names:
             if not cdk.Token.is_unresolved(thing) and (
                     not _THING_NAME.match(thing) or len(thing) > 128):
@@ -425,7 +436,8 @@ class EdgeFleet(_FleetGrants, Construct):
                                         resource_name=template_name)
         hook = bundled_function(
             self, "ProvisioningHook", "provisioning_hook",
-            environment={"TEMPLATE_NAME": template_name, "THING_NAME_PREFIX": thing_name_prefix},
+            environment={"TEMPLATE_NAME": template_name, "THING_NAME_PREFIX": thing_name_prefix,
+                         "RESERVED_PREFIX": CLAIM_CLIENT_ID_PREFIX},
             timeout=cdk.Duration.seconds(10),
             description=f"neo-edge: new devices only into the fleet {self.fleet_name}")
         things = stack.format_arn(service="iot", resource="thing", resource_name="*")
@@ -503,7 +515,7 @@ class EdgeFleet(_FleetGrants, Construct):
                 "Version": "2012-10-17",
                 "Statement": [
                     {"Effect": "Allow", "Action": "iot:Connect",
-                     "Resource": arn("client", "${iot:ClientId}")},
+                     "Resource": arn("client", f"{CLAIM_CLIENT_ID_PREFIX}*")},
                     {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
                      "Resource": [arn("topic", t) for t in claim_topics]},
                     {"Effect": "Allow", "Action": "iot:Subscribe",

@@ -14,8 +14,10 @@ Whoever holds the claim certificate chooses the ``ThingName``, and the template 
 new certificate to that thing, so without this check a copied claim certificate is enough to
 take over an existing device's identity (its deployments, its credentials). Refused:
 
-- a ``ThingName`` that is not 1 to 128 letters, digits, ``:``, ``_`` or ``-``, or that does
-  not start with ``$THING_NAME_PREFIX`` (when set);
+- a ``ThingName`` that is not 1 to 128 letters, digits, ``:``, ``_`` or ``-``, that does
+  not start with ``$THING_NAME_PREFIX`` (when set), or that starts with
+  ``$RESERVED_PREFIX`` (the client ids claim connections use: a device so named could be
+  disconnected by any claim connection);
 - a ``ThingName`` that already exists: a device registers once; re-registering a device
   (a replaced board) is an operator's decision: delete the old thing, or register the new
   certificate by hand;
@@ -30,6 +32,8 @@ TEMPLATE_NAME
     Required. The provisioning template this hook guards.
 THING_NAME_PREFIX
     Optional. Devices must name themselves with this prefix. Default: any name.
+RESERVED_PREFIX
+    Optional. No device may be named with this prefix. Default: none.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ if not TEMPLATE_NAME:
     raise RuntimeError("environment variable TEMPLATE_NAME is not set; provisioning_hook needs "
                        "the name of the template it guards")
 THING_NAME_PREFIX = os.environ.get("THING_NAME_PREFIX", "")
+RESERVED_PREFIX = os.environ.get("RESERVED_PREFIX", "")
 
 logger = Logger()
 iot = boto3.client("iot")
@@ -81,6 +86,9 @@ def decide(event: Any) -> tuple[bool, str]:
                        f"got {name!r}")
     if not name.startswith(THING_NAME_PREFIX):
         return False, f"ThingName must start with {THING_NAME_PREFIX!r}; got {name!r}"
+    if RESERVED_PREFIX and name.startswith(RESERVED_PREFIX):
+        return False, (f"ThingName must not start with {RESERVED_PREFIX!r} (claim connections' "
+                       f"client ids); got {name!r}")
     if _exists(name):
         return False, (f"thing {name!r} exists already: a claim certificate registers new "
                        f"devices only (delete the thing to register a replacement)")

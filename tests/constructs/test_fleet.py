@@ -204,6 +204,22 @@ def test_claim_policy_allows_only_provisioning_topics(built):
                       ":topic/$aws/provisioning-templates/cameras-FleetProvisioning/provision/*"]
 
 
+def test_claim_connections_use_client_ids_no_device_may_have(built):
+    fleet, template, _ = built
+    (claim,) = template.find_resources("AWS::IoT::Policy", {
+        "Properties": {"PolicyName": "cameras-ClaimPolicy"}}).values()
+    connect = claim["Properties"]["PolicyDocument"]["Statement"][0]
+    assert connect["Action"] == "iot:Connect" and arn_tail(connect["Resource"]) == ":client/claim-*"
+    hook_id = cdk.Stack.of(fleet).get_logical_id(fleet.provisioning_hook.node.default_child)
+    (hook,) = [r for k, r in template.find_resources("AWS::Lambda::Function").items() if k == hook_id]
+    assert hook["Properties"]["Environment"]["Variables"]["RESERVED_PREFIX"] == "claim-"
+
+
+def test_fails_when_the_thing_name_prefix_is_a_claim_client_id():
+    with pytest.raises(ValueError, match=r"not starting with 'claim-'"):
+        EdgeFleet(new_stack(), "F", fleet_provisioning=True, provisioning_thing_name_prefix="claim-x")
+
+
 def test_grant_deploy(built):
     _, template, _ = built
     template.has_resource_properties("AWS::IAM::Policy", {

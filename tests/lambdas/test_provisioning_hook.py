@@ -41,6 +41,7 @@ def iot(monkeypatch):
 def hook(iot, load_lambda, monkeypatch):
     monkeypatch.setenv("TEMPLATE_NAME", TEMPLATE)
     monkeypatch.delenv("THING_NAME_PREFIX", raising=False)
+    monkeypatch.delenv("RESERVED_PREFIX", raising=False)
     return load_lambda("provisioning_hook")
 
 
@@ -60,6 +61,14 @@ def test_the_name_must_carry_the_prefix(iot, load_lambda, monkeypatch):
     hook = load_lambda("provisioning_hook")
     assert hook.handler(request("camera-7"), context())["allowProvisioning"] is True
     assert hook.handler(request("gateway-7"), context())["allowProvisioning"] is False
+
+
+def test_a_name_in_the_claim_client_ids_is_refused(iot, load_lambda, monkeypatch):
+    monkeypatch.setenv("TEMPLATE_NAME", TEMPLATE)
+    monkeypatch.setenv("RESERVED_PREFIX", "claim-")
+    hook = load_lambda("provisioning_hook")
+    assert hook.handler(request("claim-0042"), context())["allowProvisioning"] is False
+    assert hook.handler(request("camera-0042"), context())["allowProvisioning"] is True
 
 
 def test_another_template_is_refused(hook):
