@@ -20,8 +20,16 @@ code the cloud path uses:
 4. **device**: what the nucleus does with the manifest for this host's platform, in a
    scratch folder: artifacts copied and their digests checked, ZIPs unpacked, recipe
    variables substituted, the ``Install`` script run with bash, then the ``Run`` script
-   run with bash, its ``python3`` being this venv's Python with a fake Greengrass IPC
-   client in place of the nucleus' (there is no nucleus here). The held-out test set
+   run with bash. Both see a bare interpreter as ``python3`` (a virtual environment of
+   this host's Python with nothing installed, not even pip, made once per run), as a
+   device with only its distribution's Python would: the ``Install`` script makes the
+   component's own virtual environment from it and installs the bundle's pinned
+   ``requirements-device.txt`` there from PyPI (pip's cache makes repeats fast), and the
+   ``Run`` script's Python is that environment's. The one stand-in is the Greengrass IPC
+   client: that Python runs this file's ``--device-run`` (standard library only at module
+   level) in front of the handler, which checks that the real client module
+   (``awsiot.greengrasscoreipc``) imports and then hands the handler a fake client in place
+   of the nucleus' (there is no nucleus here). The held-out test set
    goes through ``edge_inference`` one request at a time (the MLP's as PNG images
    preprocessed by the handler, the XGBoost model's as feature rows); accuracy must
    equal what training measured and every prediction must match, else this fails;
@@ -438,8 +446,59 @@ def substitute(script: str, *, component: str, paths: dict, configuration: dict)
     return _VARIABLE.sub(value, script)
 
 
-def install_component(workdir: Path, component: dict, rep: Reporter) -> dict:
-    """The nucleus' part for this machine's platform: download, check, unpack, install."""
+def lifecycle_environment(lifecycle: dict, **variables: Any) -> dict:
+    """The recipe's ``Setenv`` with its recipe variables replaced (nothing else is done to
+    the values: the nucleus hands them to the lifecycle's processes as they are)."""
+    return {key: substitute(str(value), **variables)
+            for key, value in (lifecycle.get("Setenv") or {}).items()}
+
+
+#: Where the bare interpreter of the simulated device lives, under the workdir.
+BARE_PYTHON = Path("device") / "bare-python"
+
+
+def bare_interpreter(workdir: Path, *, fresh: bool = False) -> Path:
+    """The ``bin`` folder of the simulated device's ``python3``: a virtual environment of
+    this host's Python with nothing installed (no pip either), made when missing (or
+    again when ``fresh``)."""
+    venv = workdir / BARE_PYTHON
+    if fresh:
+        shutil.rmtree(venv, ignore_errors=True)
+    if not (venv / "bin" / "python3").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                       capture_output=True, text=True)
+    return venv / "bin"
+
+
+def device_environment(bare_bin: Path, **extra: str) -> dict:
+    """The environment of a lifecycle script: this one without the host's virtual
+    environment and Python settings, ``bare_bin`` first on the PATH.
+
+    ``PIP_NO_COMPILE`` is set: pip then leaves byte-compiling to the first import, which
+    saves the install step about a third of its pip time here and changes nothing of what
+    gets installed."""
+    host_bins = {str(Path(sys.executable).parent), str(Path(sys.prefix) / "bin")}
+    if os.environ.get("VIRTUAL_ENV"):
+        host_bins.add(str(Path(os.environ["VIRTUAL_ENV"]) / "bin"))
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in host_bins]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                        "PYTHONUSERBASE", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")}
+    env["PATH"] = os.pathsep.join([str(bare_bin), *path])
+    env["PIP_NO_COMPILE"] = "1"
+    env.update(extra)
+    return env
+
+
+def install_component(workdir: Path, component: dict, rep: Reporter,
+                      bare_bin: Optional[Path] = None) -> dict:
+    """The nucleus' part for this machine's platform: download, check, unpack, install.
+
+    ``bare_bin``: the folder whose ``python3`` the install script sees. Default:
+    :func:`bare_interpreter`'s.
+    """
+    bare_bin = bare_bin or bare_interpreter(workdir)
     recipe = json.loads(Path(component["recipe"]).read_text())
     name, version = recipe["ComponentName"], recipe["ComponentVersion"]
     platform = device_platform()
@@ -472,35 +531,43 @@ def install_component(workdir: Path, component: dict, rep: Reporter) -> dict:
     script = substitute(script, component=name, paths=paths, configuration=configuration)
     log = workdir / "logs" / f"{name}-install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(["bash", "-c", script], cwd=paths["work"], stdout=f,
-                              stderr=subprocess.STDOUT,
+                              stderr=subprocess.STDOUT, env=device_environment(bare_bin),
                               timeout=(step.get("Timeout", 120) if isinstance(step, dict) else 120))
     if proc.returncode != 0:
         raise LocalModeError(f"{name} install script exited {proc.returncode}:\n{_tail(log)}")
+    seconds = time.perf_counter() - t0
     rep.detail(f"{name}: manifest {manifest.get('Name')} ({manifest['Platform']['architecture']}), "
-               f"{len(manifest.get('Artifacts', []))} artifacts, digests checked; install: ok")
+               f"{len(manifest.get('Artifacts', []))} artifacts, digests checked; install: ok "
+               f"({seconds:.1f}s, from {bare_bin / 'python3'})")
     return {"name": name, "version": version, "manifest": manifest, "paths": paths,
-            "configuration": configuration}
+            "configuration": configuration, "bare_bin": bare_bin,
+            "install_seconds": round(seconds, 2)}
 
 
 def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Reporter,
                   label: str) -> dict:
-    """Run the recipe's Run script; its python3 serves ``requests`` through a fake IPC client."""
+    """Run the recipe's Run script; its Python serves ``requests`` through a fake IPC client.
+
+    The script must start the handler with the Python of the component's virtual
+    environment (``exec env ... <work>/venv/bin/python3 -u <handler>``); that Python runs
+    this file's ``--device-run`` in front of the handler, which gives the handler a fake
+    IPC client.
+    """
     name, paths = installed["name"], installed["paths"]
-    script = substitute(installed["manifest"]["Lifecycle"]["Run"], component=name, paths=paths,
+    lifecycle = installed["manifest"]["Lifecycle"]
+    script = substitute(lifecycle["Run"], component=name, paths=paths,
                         configuration=installed["configuration"])
     words = shlex.split(script)
-    if words[:2] != ["exec", "env"] or "python3" not in words:
-        raise LocalModeError(f"{name}'s run script is not 'exec env ... python3 ...': {script}")
+    venv_python = str(paths["work"] / "venv" / "bin" / "python3")
+    if words[:1] != ["exec"] or venv_python not in words:
+        raise LocalModeError(f"{name}'s run script is not 'exec {venv_python} ...': {script}")
+    at = words.index(venv_python) + 1
+    words[at:at] = ["-u", str(Path(__file__).resolve()), "--device-run"]
     sim = workdir / "device" / name / "sim"
-    (sim / "bin").mkdir(parents=True, exist_ok=True)
-    shim = sim / "bin" / "python3"
-    # The one stand-in: python3 runs the device's script with a fake IPC client (no nucleus).
-    shim.write_text("#!/bin/sh\n"
-                    f"exec {shlex.quote(sys.executable)} -u {shlex.quote(str(Path(__file__).resolve()))}"
-                    " --device-run \"$@\"\n")
-    shim.chmod(0o755)
+    sim.mkdir(parents=True, exist_ok=True)
     requests_path, results_path = sim / "requests.jsonl", sim / "results.jsonl"
     stats_path, log = sim / "stats.json", workdir / "logs" / f"{name}-run.log"
     with open(requests_path, "w") as f:
@@ -508,7 +575,8 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
             f.write(json.dumps(r) + "\n")
     for p in (results_path, stats_path):
         p.unlink(missing_ok=True)
-    env = {"PATH": f"{sim / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    bare_bin = installed.get("bare_bin") or bare_interpreter(workdir)
+    env = {"PATH": device_environment(bare_bin)["PATH"],
            "HOME": os.environ.get("HOME", str(sim)), "LANG": "C.UTF-8",
            "AWS_IOT_THING_NAME": THING_NAME, "SVCUID": "local-mode",
            "NEO_EDGE_LOCAL_REQUESTS": str(requests_path), "NEO_EDGE_LOCAL_RESULTS": str(results_path),
@@ -516,9 +584,12 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
            "NEO_EDGE_LOCAL_CONFIGURATION": json.dumps(installed["configuration"]),
            "NEO_EDGE_RELOAD_CHECK_SECONDS": "3600",
            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    # Setenv: the values go into the environment as they are, as the nucleus does.
+    env.update(lifecycle_environment(lifecycle, component=name, paths=paths,
+                                     configuration=installed["configuration"]))
     with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", "-c", script], cwd=paths["work"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["bash", "-c", shlex.join(words)], cwd=paths["work"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
         bar = rep.progress(len(requests), label)
         done = 0
         deadline = time.monotonic() + 120 + 0.5 * len(requests)
@@ -544,12 +615,14 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
 
 
 def _device_run(argv: list[str]) -> int:
-    """The simulated device's python3: load edge_inference.py, serve the requests file.
+    """The simulated device's handler process: load edge_inference.py, serve the requests file.
 
-    Runs in the process the recipe's Run script starts, with its environment (the
-    bundle on PYTHONPATH). Requests go in through the subscription callback the handler
-    registered with the IPC client, one at a time; each result it publishes to IoT Core
-    is appended to the results file.
+    Runs in the process the recipe's Run script starts, with its interpreter (the
+    component's virtual environment) and environment (the bundle on PYTHONPATH). The
+    Greengrass IPC client module must import there, as it must on a device; the handler
+    then gets a fake client instead of one connected to a nucleus. Requests go in through
+    the subscription callback the handler registered with the IPC client, one at a time;
+    each result it publishes to IoT Core is appended to the results file.
     """
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p not in (here, "")]  # only the device's modules
@@ -558,6 +631,13 @@ def _device_run(argv: list[str]) -> int:
         print(f"--device-run: no script among {argv}", file=sys.stderr)
         return 2
     import importlib.util
+
+    try:
+        import awsiot.greengrasscoreipc.clientv2 as ipc_module
+    except ImportError as exc:
+        print(f"the device's Python ({sys.executable}) cannot import the Greengrass IPC client: "
+              f"{exc}", file=sys.stderr)
+        return 1
 
     spec = importlib.util.spec_from_file_location("edge_inference", script)
     module = importlib.util.module_from_spec(spec)
@@ -605,6 +685,8 @@ def _device_run(argv: list[str]) -> int:
              "results_topic": service.settings.results_topic,
              "errors_topic": service.settings.errors_topic,
              "runtime_module": neo_edge_runtime.__file__,
+             "python": sys.executable, "python_prefix": sys.prefix,
+             "numpy_module": sys.modules["numpy"].__file__, "ipc_module": ipc_module.__file__,
              "compiler_library_mapped": "libtvm_compiler.so" in maps or "/libtvm.so" in maps,
              "tvm_imported": "tvm" in sys.modules, "rc": outcome.get("rc")}
     Path(os.environ["NEO_EDGE_LOCAL_STATS"]).write_text(json.dumps(stats))
@@ -697,9 +779,10 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
         raise LocalModeError("the test channel changed since training")
     grey = x_test.astype(np.uint8).reshape(-1, 8, 8)
     report: dict = {}
+    bare_bin = bare_interpreter(workdir, fresh=True)
     for kind in ("mlp", "xgboost"):
         info = trained["info"]["models"][kind]
-        installed = install_component(workdir, components[kind], rep)
+        installed = install_component(workdir, components[kind], rep, bare_bin)
         if kind == "mlp":
             requests = [{"request_id": f"test-{i:05d}", "image": base64.b64encode(_png(g)).decode()}
                         for i, g in enumerate(grey)]
@@ -743,6 +826,11 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
                 not stats["runtime_module"].startswith(str(installed["paths"]["decompressedPath"])):
             raise LocalModeError(f"{kind}: the device loaded neo_edge_runtime from "
                                  f"{stats['runtime_module']}, not from its bundle")
+        venv = installed["paths"]["work"] / "venv"
+        for what in ("python_prefix", "numpy_module", "ipc_module"):
+            if not Path(stats[what]).is_relative_to(venv):
+                raise LocalModeError(f"{kind}: the handler's {what.replace('_', ' ')} is "
+                                     f"{stats[what]}, not in the component's venv {venv}")
         model_latency = stats["model_latency"]
         entry = {
             "component": installed["name"], "version": installed["version"],
@@ -754,6 +842,8 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
                                 "count": model_latency["count"]},
                         "ort": ort, "handler": _percentiles(stats["end_to_end_ms"])},
             "threads": threads, "runtime_module": stats["runtime_module"],
+            "python": stats["python"], "numpy_module": stats["numpy_module"],
+            "ipc_module": stats["ipc_module"], "install_seconds": installed["install_seconds"],
             "compiler_library_mapped": stats["compiler_library_mapped"],
             "log": ran["log"],
         }
@@ -761,6 +851,9 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
         rep.detail(f"{MODEL_NAMES[kind]}: accuracy {accuracy:.4f} on the device, "
                    f"{info['accuracy']:.4f} in training ({len(y_test)} test images, "
                    f"{disagree} predictions differ); top score vs ORT max |diff| {score_diff:.1e}")
+        rep.detail(f"  Python {stats['python']} (the component's venv, made by the install "
+                   f"step in {installed['install_seconds']:.1f}s: numpy and the IPC client "
+                   f"from requirements-device.txt)")
         rep.detail(f"  runtime from the bundle ({Path(stats['runtime_module']).parent}); "
                    f"TVM compiler library mapped: {stats['compiler_library_mapped']}")
         if disagree or accuracy != info["accuracy"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -188,9 +189,12 @@ class EdgeInferenceComponent(Construct):
     shared with local mode): one manifest per platform (``linux``/``aarch64``,
     ``arm``, ``amd64``, and ``accelerator: nvidia`` for CUDA targets, most specific
     first), each shipping the device bundle for its architecture and the compiled model
-    for its target; an install step that lays the model out in the work folder; a run
-    step that starts ``edge_inference.py`` from the bundle with the configuration as
-    environment variables; IPC access to subscribe to the input topic and publish
+    for its target; an install step that lays the model out in the work folder and
+    installs the Python packages the handler imports (the bundle's pinned
+    ``requirements-device.txt``) into a virtual environment of the component
+    (``{work:path}/venv``, made with the device's ``python3 -m venv``); a run step that
+    starts ``edge_inference.py`` from the bundle with that environment's Python and the
+    configuration as environment variables; IPC access to subscribe to the input topic and publish
     results to IoT Core; a soft dependency on the nucleus.
 
     Parameters
@@ -209,6 +213,16 @@ class EdgeInferenceComponent(Construct):
         whose root holds ``neo_edge_runtime/`` (the TVM runtime library included) and
         ``edge_inference.py``; uploaded as an asset, unpacked on the device. Every
         model's architecture needs one.
+    device_wheels:
+        For devices that cannot reach the package index: per architecture (``aarch64``,
+        ``x86_64``), a local path to a folder, or a ``.zip`` with the wheels at its root,
+        of the wheels of the device requirements (``requirements-device.txt`` of the
+        bundle: numpy and the Greengrass IPC client ``awsiotsdk``) for the devices'
+        Pythons; ``python -m neo_edge_runtime.compile.bundle --arch aarch64
+        --device-wheels <folder>`` downloads them into ``<folder>/aarch64``. Shipped as an
+        artifact; the install step then runs ``pip install --no-index --find-links`` on
+        it. When given, every model's architecture needs one. Default: the install step
+        installs the device requirements from the package index (PyPI).
     configuration:
         Overrides of the component's default configuration (``inputTopic``,
         ``topicPrefix``, ``threadCount``). Default:
@@ -236,6 +250,7 @@ class EdgeInferenceComponent(Construct):
     def __init__(self, scope: Construct, id: str, *, component_name: str,
                  models: Sequence[ModelSource],
                  runtime_bundles: Mapping[str, Union[str, pathlib.Path]],
+                 device_wheels: Optional[Mapping[str, Union[str, pathlib.Path]]] = None,
                  configuration: Optional[Mapping[str, Any]] = None,
                  component_version: Optional[str] = None, description: str = "",
                  publisher: str = "neo-edge") -> None:
@@ -279,16 +294,35 @@ class EdgeInferenceComponent(Construct):
             if path.is_file() and path.suffix != ".zip":
                 raise ValueError(f"runtime bundle for {arch} must be a .zip or a folder; got {str(path)!r}")
             bundles[arch] = s3_assets.Asset(self, f"RuntimeBundle-{arch}", path=str(path))
+        wheels: dict = {}
+        if device_wheels is not None:
+            unknown = sorted(set(device_wheels) - set(_ARCHES))
+            if unknown:
+                raise ValueError(f"device_wheels keys must be among {', '.join(_ARCHES)}; "
+                                 f"got {', '.join(unknown)}")
+            missing = sorted({m.target.arch for m in compiled} - set(device_wheels))
+            if missing:
+                raise ValueError(f"device_wheels needs wheels for {', '.join(missing)}; got "
+                                 f"wheels for {', '.join(sorted(device_wheels)) or 'none'}")
+            for arch in sorted({m.target.arch for m in compiled}):
+                path = pathlib.Path(device_wheels[arch])
+                _check_wheels(arch, path)
+                wheels[arch] = s3_assets.Asset(self, f"DeviceWheels-{arch}", path=str(path))
 
         self.models = compiled
         self.runtime_bundle_assets = bundles
+        self.device_wheel_assets = wheels
         platforms = [
             _recipe.PlatformArtifacts(
                 platform=m.target.greengrass_platform, name=m.target.name,
                 model=_recipe.Artifact(m.uri, sha256=m.sha256, unarchive=m.unarchive),
                 runtime=_recipe.Artifact(
                     f"s3://{bundles[m.target.arch].s3_bucket_name}/"
-                    f"{bundles[m.target.arch].s3_object_key}", unarchive="ZIP", execute="OWNER"))
+                    f"{bundles[m.target.arch].s3_object_key}", unarchive="ZIP", execute="OWNER"),
+                wheels=_recipe.Artifact(
+                    f"s3://{wheels[m.target.arch].s3_bucket_name}/"
+                    f"{wheels[m.target.arch].s3_object_key}", unarchive="ZIP")
+                if m.target.arch in wheels else None)
             for m in compiled
         ]
         stack = cdk.Stack.of(self)
@@ -331,11 +365,12 @@ class EdgeInferenceComponent(Construct):
     def grant_artifacts_read(self, grantee: iam.IGrantable) -> Optional[iam.Grant]:
         """Let ``grantee`` (a fleet's token exchange role) download this component's files.
 
-        ``s3:GetObject`` on each exact object (runtime bundles, and models whose bucket
+        ``s3:GetObject`` on each exact object (runtime bundles, device wheels, and models whose bucket
         and key are known); models only known by URI must be readable through the
         fleet's artifact prefix. Returns ``None`` when there was nothing to grant.
         """
-        arns = [a.bucket.arn_for_objects(a.s3_object_key) for a in self.runtime_bundle_assets.values()]
+        arns = [a.bucket.arn_for_objects(a.s3_object_key)
+                for a in [*self.runtime_bundle_assets.values(), *self.device_wheel_assets.values()]]
         arns += [m.bucket.arn_for_objects(m.key) for m in self.models
                  if m.bucket is not None and m.key is not None]
         if not arns:
@@ -354,6 +389,22 @@ class EdgeInferenceComponent(Construct):
             if model.bucket is not None and model.bucket.encryption_key is not None:
                 model.bucket.encryption_key.grant_decrypt(grantee)
         return grant
+
+
+def _check_wheels(arch: str, path: pathlib.Path) -> None:
+    """Raise unless ``path`` is a folder, or a ``.zip``, with wheels at its root."""
+    if path.is_dir():
+        names = [p.name for p in path.iterdir()]
+    elif path.is_file() and path.suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    else:
+        raise ValueError(f"device_wheels for {arch} must be a folder or a .zip of wheels; "
+                         f"got {str(path)!r}, which "
+                         f"{'is not a .zip' if path.exists() else 'does not exist'}")
+    if not any("/" not in n and n.endswith(".whl") for n in names):
+        raise ValueError(f"device_wheels for {arch} must hold .whl files at its root; got "
+                         f"{str(path)!r}, which holds none")
 
 
 # ---------------------------------------------------------------------------------------

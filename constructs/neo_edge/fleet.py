@@ -36,8 +36,8 @@ from ._nag import as_seen_from
 from .interfaces import IEdgeFleet, IModelArtifactBucket
 from .storage import as_bucket
 
-__all__ = ["EdgeFleet", "THING", "acknowledge_wildcards", "nag_wildcard_ids",
-           "provisioning_template_name"]
+__all__ = ["CLAIM_CLIENT_ID_PREFIX", "EdgeFleet", "THING", "acknowledge_wildcards",
+           "nag_wildcard_ids", "provisioning_template_name"]
 
 #: The policy variable AWS IoT replaces with the name of the thing the certificate is attached to.
 THING = "${iot:Connection.Thing.ThingName}"

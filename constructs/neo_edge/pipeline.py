@@ -71,6 +71,10 @@ class NeoEdgePipeline(Construct):
         ``edge_inference.py`` at its root (``make bundle`` builds them into
         ``build/bundle/<arch>/``). One for the architecture of every target. Required
         unless ``component`` is given.
+    device_wheels:
+        Per architecture, a folder (or ``.zip``) of the wheels of the devices' Python
+        prerequisites, for devices that cannot reach the package index: see
+        ``EdgeInferenceComponent``. Default: devices install them from PyPI.
     targets:
         Neo targets to compile for (names, ``TargetDevice`` or ``TargetPlatform``).
         Default: ``rasp4b``, ``jetson_xavier`` and ``ml_c5``.
@@ -146,6 +150,7 @@ class NeoEdgePipeline(Construct):
     def __init__(
         self, scope: Construct, id: str, *,
         runtime_bundles: Optional[Mapping[str, Union[str, pathlib.Path]]] = None,
+        device_wheels: Optional[Mapping[str, Union[str, pathlib.Path]]] = None,
         targets: Sequence[Union[str, TargetDevice, TargetPlatform]] = DEFAULT_TARGETS,
         component_name: Optional[str] = None,
         model_name: str = "model",
@@ -195,9 +200,9 @@ class NeoEdgePipeline(Construct):
             raise ValueError("runtime_bundles is required (the device bundle of the edge runtime "
                              "per architecture, e.g. {'aarch64': 'build/bundle/aarch64'}) unless "
                              "component is given; got none")
-        if component is not None and runtime_bundles:
-            raise ValueError("runtime_bundles configure the component created here; with "
-                             "component given, its own bundles are used (leave them out)")
+        if component is not None and (runtime_bundles or device_wheels):
+            raise ValueError("runtime_bundles and device_wheels configure the component created "
+                             "here; with component given, its own are used (leave them out)")
         if deployment is not None and fleet is None:
             raise ValueError("deployment needs the fleet it deploys to: pass fleet= too")
         if fleet is not None and (fleet_name is not None or thing_names or fleet_provisioning):
@@ -267,7 +272,9 @@ class NeoEdgePipeline(Construct):
         configuration = {"topicPrefix": self.fleet.topic_prefix, **(inference_configuration or {})}
         self.component = component or EdgeInferenceComponent(
             self, "Component", component_name=name, models=jobs,
-            runtime_bundles=dict(runtime_bundles or {}), configuration=configuration,
+            runtime_bundles=dict(runtime_bundles or {}),
+            device_wheels=dict(device_wheels) if device_wheels is not None else None,
+            configuration=configuration,
             description=f"neo-edge {model_name}: compiled for {', '.join(names)}")
         if deployment is None:
             deployment = EdgeDeployment(self, "Deployment", fleet=self.fleet,

@@ -214,6 +214,13 @@ class Settings:
             raise ConfigurationError("environment variable NEO_EDGE_TASK must be one of "
                                      f"classification, regression, anomaly; got {task!r}")
         threads = _int_env(env, "NEO_EDGE_THREADS", 0, 0)
+        for name in ("NEO_EDGE_INPUT_TOPIC", "NEO_EDGE_RESULTS_TOPIC", "NEO_EDGE_ERRORS_TOPIC"):
+            topic = str(env.get(name, ""))
+            if len(topic.encode()) > 256 or any(c in topic for c in "\0\n\r") or (
+                    name != "NEO_EDGE_INPUT_TOPIC" and any(c in topic for c in "#+")):
+                raise ConfigurationError(f"environment variable {name} must be an MQTT topic of "
+                                         f"at most 256 bytes{'' if name == 'NEO_EDGE_INPUT_TOPIC' else ' without wildcards'}; "
+                                         f"got {topic!r}")
         return cls(
             model_dir=model_dir,
             store_dir=(str(env.get("NEO_EDGE_STORE_DIR", "")).strip()

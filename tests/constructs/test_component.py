@@ -157,6 +157,73 @@ def test_compilation_job_output_is_a_tarball_extracted_at_install(built):
     assert "tar -xzf" in manifest["Lifecycle"]["Install"]["Script"]
 
 
+def test_install_puts_the_device_requirements_in_a_venv_the_run_step_uses(built):
+    recipe = inline_recipe(built.template, "Classifier")
+    for manifest in recipe["Manifests"]:
+        install = manifest["Lifecycle"]["Install"]["Script"]
+        assert "python3 -m venv venv" in install
+        assert ("venv/bin/python3 -m pip install --quiet --disable-pip-version-check --no-input "
+                "--only-binary=:all: -r runtime/requirements-device.txt") in install
+        assert "--no-index" not in install and len(manifest["Artifacts"]) == 2
+        assert manifest["Lifecycle"]["Run"].endswith(
+            "{work:path}/venv/bin/python3 -u {work:path}/runtime/edge_inference.py")
+
+
+def make_wheels(folder: pathlib.Path, arch: str) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"numpy-2.4.6-cp311-cp311-manylinux_2_28_{arch}.whl").write_bytes(arch.encode())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def offline(files, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wheels")
+    wheels = {arch: make_wheels(root / arch, arch) for arch in ("aarch64", "x86_64")}
+    app, stack, component = inference_stack(files, stack_id="Offline", device_wheels=wheels)
+    return SimpleNamespace(template=synth_checked(app, stack), component=component)
+
+
+def test_device_wheels_are_an_artifact_installed_from_without_the_index(offline,
+                                                                      gdk_recipe_errors):
+    recipe = inline_recipe(offline.template, "Classifier")
+    assert gdk_recipe_errors(recipe) == []
+    for manifest in recipe["Manifests"]:
+        runtime, model, wheels = manifest["Artifacts"]
+        assert wheels["Unarchive"] == "ZIP" and wheels["Uri"].endswith(".zip")
+        folder = "{artifacts:decompressedPath}/" + wheels["Uri"].rsplit("/", 1)[-1][:-len(".zip")]
+        assert (f'--only-binary=:all: --no-index --find-links "{folder}" '
+                f"-r runtime/requirements-device.txt") in manifest["Lifecycle"]["Install"]["Script"]
+    jetson, rasp4b, ml_c5 = (m["Artifacts"][2]["Uri"] for m in recipe["Manifests"])
+    assert jetson == rasp4b != ml_c5  # aarch64, aarch64, x86_64
+    assert sorted(offline.component.device_wheel_assets) == ["aarch64", "x86_64"]
+
+
+def test_device_wheels_are_granted_to_the_fleet(offline):
+    from aws_cdk import aws_iam as iam
+    stack = cdk.Stack(cdk.App(), "G")
+    role = iam.Role(stack, "R", assumed_by=iam.ServicePrincipal("credentials.iot.amazonaws.com"))
+    offline.component.grant_artifacts_read(role)
+    (statement,) = stack.resolve(role.node.find_child("DefaultPolicy").document.to_json())[
+        "Statement"]
+    # two device bundles, two wheel folders, three models
+    assert len(statement["Resource"]) == 7
+
+
+def test_fails_when_device_wheels_miss_an_architecture(files, tmp_path):
+    with pytest.raises(ValueError) as exc:
+        inference_stack(files, device_wheels={"aarch64": make_wheels(tmp_path, "aarch64")})
+    assert str(exc.value) == "device_wheels needs wheels for x86_64; got wheels for aarch64"
+
+
+def test_fails_when_device_wheels_hold_no_wheels(files, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError) as exc:
+        inference_stack(files, models=[files.rasp4b],
+                        device_wheels={"aarch64": tmp_path / "empty"})
+    assert str(exc.value) == (f"device_wheels for aarch64 must hold .whl files at its root; got "
+                              f"{str(tmp_path / 'empty')!r}, which holds none")
+
+
 def test_grant_artifacts_read_is_per_object(built):
     from aws_cdk import aws_iam as iam
     stack = cdk.Stack(cdk.App(), "G")

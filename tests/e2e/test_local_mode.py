@@ -107,6 +107,21 @@ def test_the_device_ran_its_runtime_from_the_installed_bundle(quick_run):
 
 
 @pytest.mark.slow
+def test_the_device_ran_numpy_and_the_ipc_client_from_the_component_venv(quick_run):
+    """The install step made the venv from a bare python3 and filled it from
+    requirements-device.txt: nothing came from this host's environment."""
+    _, summary, workdir = quick_run
+    for kind in ("mlp", "xgboost"):
+        device = summary["device"][kind]
+        venv = Path(device["runtime_module"]).parents[2] / "venv"
+        assert Path(device["python"]) == venv / "bin" / "python3"
+        assert Path(device["numpy_module"]).is_relative_to(venv)
+        assert Path(device["ipc_module"]).is_relative_to(venv)
+        assert (venv / "pyvenv.cfg").read_text().count(
+            f"command = {workdir / 'device' / 'bare-python' / 'bin' / 'python3'} -m venv") == 1
+
+
+@pytest.mark.slow
 def test_artifacts_are_compiled_for_host_and_an_arm_device(quick_run):
     _, summary, _ = quick_run
     for kind in ("mlp", "xgboost"):
@@ -261,6 +276,7 @@ def _fake_component(local_mode, tmp_path, *, with_runtime: bool) -> dict:
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
         (bundle / "edge_inference.py").write_text("")
+        (bundle / "requirements-device.txt").write_text("# nothing to install\n")
         bundles[arch] = bundle
     rep = local_mode.Reporter(1, stream=io.StringIO())
     return local_mode.package(tmp_path / "work", {"mlp": models}, ["host", "rasp4b"], 1, bundles,
@@ -276,6 +292,25 @@ def test_install_lays_out_the_model_and_the_runtime(local_mode, tmp_path):
     assert installed["manifest"]["Name"] == "host"
     assert json.loads((work / "model" / "manifest.json").read_text())["target"]["name"] == "host"
     assert (work / "runtime" / "neo_edge_runtime").is_dir()
+    # the component's venv, made by the bare interpreter the install script saw as python3
+    bare = tmp_path / "work" / local_mode.BARE_PYTHON / "bin" / "python3"
+    config = (work / "venv" / "pyvenv.cfg").read_text()
+    assert f"command = {bare} -m venv " in config
+    assert (work / "venv" / "bin" / "python3").is_file()
+
+
+def test_the_bare_interpreter_has_nothing_installed(local_mode, tmp_path):
+    bare = local_mode.bare_interpreter(tmp_path)
+    assert bare == tmp_path / local_mode.BARE_PYTHON / "bin"
+    code = ("import importlib.util, sys; print(sys.prefix); "
+            "print([m for m in ('numpy', 'pip', 'awsiot', 'neo_edge_runtime') "
+            "if importlib.util.find_spec(m)])")
+    env = local_mode.device_environment(bare)
+    out = subprocess.run(["python3", "-c", code], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == [str(bare.parent), "[]"]
+    assert "VIRTUAL_ENV" not in env and str(Path(sys.executable).parent) not in env["PATH"]
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the fake host model is x86_64")
@@ -297,3 +332,41 @@ def test_fails_when_an_artifact_does_not_match_its_digest(local_mode, tmp_path):
     with pytest.raises(local_mode.LocalModeError,
                        match="artifact digits-mlp-host.zip does not match the recipe's digest"):
         local_mode.install_component(tmp_path / "work", component, rep)
+
+
+def test_hostile_configuration_values_reach_the_process_verbatim(local_mode, tmp_path):
+    # The simulated core substitutes recipe variables and applies Setenv as the nucleus does.
+    import shlex
+
+    from neo_edge_runtime.compile import recipe
+    from neo_edge_runtime.targets import resolve
+
+    target = resolve("ml_c5")
+    inference = recipe.inference_recipe(component_name="com.example.Classifier", platforms=[
+        recipe.PlatformArtifacts(platform=target.greengrass_platform, name=target.name,
+                                 model=recipe.Artifact("s3://b/model.zip", unarchive="ZIP"),
+                                 runtime=recipe.Artifact("s3://b/runtime.zip", unarchive="ZIP"))])
+    life = inference["Manifests"][0]["Lifecycle"]
+    hostile = {"inputTopic": f'in"; touch {tmp_path}/pwned; echo "',
+               "topicPrefix": f"$(touch {tmp_path}/pwned)`touch {tmp_path}/pwned`",
+               "threadCount": 0}
+    work = tmp_path / "work"
+    (work / "venv" / "bin").mkdir(parents=True)
+    (work / "runtime").mkdir()
+    dump = tmp_path / "env.json"
+    # A stand-in for the venv's python: it records the environment it was started with.
+    python = work / "venv" / "bin" / "python3"
+    python.write_text(f"#!{sys.executable}\nimport json, os\n"
+                      f"json.dump(dict(os.environ), open({str(dump)!r}, 'w'))\n")
+    python.chmod(0o755)
+    variables = dict(component="com.example.Classifier", configuration=hostile,
+                     paths={"work": work, "path": tmp_path, "decompressedPath": tmp_path,
+                            "root": tmp_path})
+    env = {"PATH": "/usr/bin:/bin", **local_mode.lifecycle_environment(life, **variables)}
+    script = local_mode.substitute(life["Run"], **variables)
+    subprocess.run(["bash", "-c", script], env=env, check=True, cwd=work)
+    seen = json.loads(dump.read_text())
+    assert seen["NEO_EDGE_INPUT_TOPIC"] == hostile["inputTopic"]
+    assert seen["NEO_EDGE_RESULTS_TOPIC"].startswith(hostile["topicPrefix"] + "/")
+    assert not (tmp_path / "pwned").exists()
+    assert shlex.split(script)[0] == "exec"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import glob
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,8 +19,12 @@ import pytest
 import neo_edge_runtime
 from neo_edge_runtime.compile import bundle as bundle_module
 from neo_edge_runtime.compile.bundle import (APACHE_TVM_FFI_VERSION, APACHE_TVM_VERSION,
-                                             BundleError, build_bundle, bundle_files,
-                                             handler_path, installed_size)
+                                             DEVICE_PYTHONS, DEVICE_REQUIREMENTS, BundleError,
+                                             build_bundle, bundle_files,
+                                             device_requirements_for,
+                                             device_requirements_text,
+                                             download_device_wheels, handler_path,
+                                             installed_size)
 from neo_edge_runtime.targets import host_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -250,3 +256,157 @@ def test_bundles_exist_for_every_runtime_architecture():
     from neo_edge_runtime.targets import RUNTIME_ARCHES
 
     assert set(WHEEL_PLATFORMS) == set(RUNTIME_ARCHES)
+
+
+# --- the device requirements ------------------------------------------------------------
+
+
+def test_the_bundle_carries_the_pinned_device_requirements(bundle):
+    text = zipfile.ZipFile(bundle).read("requirements-device.txt").decode()
+    assert text == device_requirements_text()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines == [r.line() for r in DEVICE_REQUIREMENTS]
+    assert 'numpy==2.2.6; python_version >= "3.10" and python_version < "3.11"' in lines
+
+
+@pytest.mark.parametrize("python", DEVICE_PYTHONS + ("3.9", "3.13"))
+def test_each_device_python_gets_one_pin_of_each_package(python):
+    from packaging.requirements import Requirement
+
+    chosen = [Requirement(line) for line in device_requirements_text().splitlines()
+              if line and not line.startswith("#")]
+    chosen = [f"{r.name}{r.specifier}" for r in chosen
+              if r.marker is None or r.marker.evaluate({"python_version": python})]
+    assert chosen == device_requirements_for(python)
+    assert sorted(c.split("==")[0] for c in chosen) == ["awscrt", "awsiotsdk", "numpy"]
+
+
+def test_device_wheels_are_downloaded_for_each_python_at_its_pins(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(bundle_module.subprocess, "run", lambda cmd, **kwargs: (
+        calls.append(cmd), subprocess.CompletedProcess(cmd, 0, "", ""))[1])
+    assert download_device_wheels("aarch64", tmp_path / "w", ("3.8", "3.12")) == tmp_path / "w"
+    assert [c[c.index("--python-version") + 1] for c in calls] == ["3.8", "3.12"]
+    assert calls[0][-3:] == ["numpy==1.24.4", "awsiotsdk==1.29.0", "awscrt==0.32.1"]
+    assert calls[1][-3:] == ["numpy==2.4.6", "awsiotsdk==1.29.0", "awscrt==0.32.1"]
+    assert [c[i + 1] for c in calls[:1] for i, w in enumerate(c) if w == "--platform"] == [
+        "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    assert calls[0][calls[0].index("-d") + 1] == str(tmp_path / "w")
+
+
+def test_fails_when_device_wheels_cannot_be_downloaded(monkeypatch, tmp_path):
+    monkeypatch.setattr(bundle_module.subprocess, "run", lambda cmd, **kwargs:
+                        subprocess.CompletedProcess(cmd, 1, "", "ERROR: offline"))
+    with pytest.raises(BundleError, match=r"could not download the x86_64 wheels of "
+                                          r"numpy==1\.24\.4, awsiotsdk==1\.29\.0, "
+                                          r"awscrt==0\.32\.1 for Python 3\.8: "
+                                          r"\['ERROR: offline'\]"):
+        download_device_wheels("x86_64", tmp_path, ("3.8",))
+
+
+def test_fails_when_device_wheels_are_asked_for_32_bit_arm(tmp_path):
+    with pytest.raises(BundleError, match="no device wheels for 'armv7l': the device "
+                                          "requirements have wheels for x86_64, aarch64 only"):
+        download_device_wheels("armv7l", tmp_path)
+
+
+def _device_interpreter(python: str):
+    """The newest pyenv (or PATH) interpreter of version ``python``, or None."""
+    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{python}.*/bin/python{python}")),
+                   key=lambda p: [int(n) for n in p.split("/versions/")[1].split("/")[0]
+                                  .split(".") if n.isdigit()])
+    return found[-1] if found else shutil.which(f"python{python}")
+
+
+@pytest.mark.parametrize("python", DEVICE_PYTHONS)
+def test_every_module_of_the_bundle_compiles_on_each_device_python(python, device, tmp_path):
+    interpreter = _device_interpreter(python)
+    if interpreter is None:
+        pytest.skip(f"python{python} is not installed (~/.pyenv/versions/{python}.*, PATH)")
+    sources = sorted(str(p) for p in device.rglob("*.py"))
+    assert str(device / "edge_inference.py") in sources and len(sources) > 5
+    out = subprocess.run([interpreter, "-m", "py_compile", *sources], capture_output=True,
+                         text=True, env={"PYTHONPYCACHEPREFIX": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / str(device).lstrip("/")).rglob("*.pyc"))) == len(sources)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", DEVICE_PYTHONS)
+def test_the_bundle_runs_a_model_on_each_device_python(python, device, host_artifact, tmp_path):
+    """What the component's install step does on a device with this Python: a venv with the
+    bundle's requirements-device.txt (from the package index), then the bundle's modules
+    compiled, imported and run there, and the IPC client importable."""
+    interpreter = _device_interpreter(python)
+    if interpreter is None:
+        pytest.skip(f"python{python} is not installed (~/.pyenv/versions/{python}.*, PATH)")
+    venv = tmp_path / "venv"
+    subprocess.run([interpreter, "-m", "venv", str(venv)], check=True, capture_output=True)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python3"), "-m", "pip", "install", "--quiet",
+         "--disable-pip-version-check", "--no-input", "--only-binary=:all:",
+         "-r", str(device / "requirements-device.txt")], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+
+    from neo_edge_runtime import EdgeModel
+
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", EdgeModel.load(host_artifact).predict(x)["output"])
+    code = textwrap.dedent(f"""
+        import compileall, importlib, importlib.metadata, sys
+        assert sys.version_info[:2] == {tuple(int(n) for n in python.split("."))!r}, sys.version
+        # every module of the bundle compiles on this Python (into PYTHONPYCACHEPREFIX)
+        if not compileall.compile_dir({str(device)!r}, quiet=1, force=True):
+            sys.exit("a module of the bundle does not compile")
+        import numpy as np
+        import awsiot.greengrasscoreipc.clientv2
+        import edge_inference
+        from neo_edge_runtime import EdgeModel
+        for name in ("artifact", "errors", "runtime", "store", "targets", "_ffi"):
+            importlib.import_module("neo_edge_runtime." + name)
+        m = EdgeModel.load({str(host_artifact)!r}, num_threads=1)
+        got = m.predict(np.load({str(tmp_path / 'x.npy')!r}))["output"]
+        np.testing.assert_allclose(got, np.load({str(tmp_path / 'expected.npy')!r}), rtol=0,
+                                   atol=0)
+        print("ok", np.__version__, importlib.metadata.version("awscrt"))
+    """)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(device), "PYTHONNOUSERSITE": "1",
+           "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache")}
+    out = subprocess.run([str(venv / "bin" / "python3"), "-c", code], capture_output=True,
+                         text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    numpy_pin = next(p for p in device_requirements_for(python) if p.startswith("numpy=="))
+    assert out.stdout.split() == ["ok", numpy_pin.split("==")[1], "0.32.1"]
+
+
+@pytest.mark.slow
+def test_the_install_step_installs_offline_from_the_downloaded_wheels(device, host_artifact,
+                                                                      tmp_path):
+    """The component's install step with shipped wheels: a venv made by a bare python3,
+    filled from the wheels folder alone (the package index is unreachable)."""
+    from neo_edge_runtime.compile import recipe
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    art = tmp_path / "artifacts"
+    download_device_wheels(host_arch(), art / "wheels", (python,))
+    shutil.copytree(device, art / "bundle", symlinks=True)
+    shutil.copytree(host_artifact, art / "model")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    script = (recipe.install_script("{artifacts:decompressedPath}/wheels")
+              .replace("{artifacts:path}", str(tmp_path / "none"))
+              .replace("{artifacts:decompressedPath}", str(art)))
+    env = {"PATH": f"{bare / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/unreachable", "PIP_NO_CACHE_DIR": "1"}
+    out = subprocess.run(["sh", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    check = subprocess.run(
+        [str(work / "venv" / "bin" / "python3"), "-c",
+         "import sys, numpy, awsiot.greengrasscoreipc.clientv2; print(sys.prefix, numpy.__version__)"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert check.returncode == 0, check.stderr
+    numpy_pin = next(p for p in device_requirements_for(python) if p.startswith("numpy=="))
+    assert check.stdout.split() == [str(work / "venv"), numpy_pin.split("==")[1]]

@@ -6,8 +6,10 @@ import base64
 import hashlib
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
@@ -63,10 +65,108 @@ def test_manifest_ships_runtime_bundle_then_model(inference):
 
 def test_lifecycle_installs_then_runs(inference):
     life = inference["Manifests"][1]["Lifecycle"]
-    assert set(life) == {"Install", "Run"}
+    assert set(life) == {"Setenv", "Install", "Run"}
     assert "tar -xzf" in life["Install"]["Script"]
-    assert "{configuration:/inputTopic}" in life["Run"]
-    assert "{iot:thingName}" in life["Run"]
+    assert life["Setenv"]["NEO_EDGE_INPUT_TOPIC"] == "{configuration:/inputTopic}"
+    assert life["Setenv"]["NEO_EDGE_RESULTS_TOPIC"] == (
+        "{configuration:/topicPrefix}/{iot:thingName}/results")
+
+
+def test_no_configuration_value_is_ever_part_of_a_shell_command(inference):
+    # Configuration reaches the process through Setenv (the nucleus puts values into the
+    # environment as they are); lifecycle scripts hold only the component's own paths.
+    for manifest in inference["Manifests"]:
+        life = manifest["Lifecycle"]
+        for script in (life["Install"]["Script"], life["Run"]):
+            assert "{configuration:" not in script and "{iot:" not in script
+
+
+def test_run_step_uses_the_python_of_the_venv_the_install_step_makes(inference):
+    life = inference["Manifests"][0]["Lifecycle"]
+    assert life["Install"]["Timeout"] == r.INSTALL_TIMEOUT
+    assert "python3 -m venv venv" in life["Install"]["Script"]
+    assert "-r runtime/requirements-device.txt" in life["Install"]["Script"]
+    assert "{work:path}/venv/bin/python3 -u {work:path}/runtime/edge_inference.py" in life["Run"]
+    assert " python3 " not in life["Run"]
+
+
+def test_wheels_shipped_with_a_platform_are_installed_from_without_the_index():
+    aarch64, x86_64 = platforms("rasp4b", "ml_c5")
+    wheels = r.Artifact("s3://bucket/wheels/aarch64-wheels.zip", unarchive="ZIP")
+    offline = r.PlatformArtifacts(platform=aarch64.platform, name="rasp4b", model=aarch64.model,
+                                  runtime=aarch64.runtime, wheels=wheels)
+    recipe = r.inference_recipe(component_name="c", platforms=[offline, x86_64])
+    first, second = recipe["Manifests"]
+    assert first["Artifacts"][2] == wheels.to_recipe()
+    assert ('--no-index --find-links "{artifacts:decompressedPath}/aarch64-wheels" '
+            "-r runtime/requirements-device.txt") in first["Lifecycle"]["Install"]["Script"]
+    assert len(second["Artifacts"]) == 2
+    assert second["Lifecycle"]["Install"]["Script"] == r.INSTALL_SCRIPT
+    assert "--no-index" not in r.INSTALL_SCRIPT
+
+
+def test_fails_when_wheels_are_not_unpacked_on_the_device():
+    (p,) = platforms("rasp4b")
+    with pytest.raises(r.RecipeError, match=r"the wheels artifact must be a \.zip unpacked on the "
+                                            r"device \(unarchive ZIP\); got unarchive 'NONE' for "
+                                            r"'s3://b/w\.zip'"):
+        r.PlatformArtifacts(platform=p.platform, model=p.model, runtime=p.runtime,
+                            wheels=r.Artifact("s3://b/w.zip"))
+
+
+def _install_in(tmp_path, python3: Optional[str]):
+    """A work folder with an unpacked bundle and model, and a PATH of the tools the install
+    step uses plus, unless None, ``python3``: a stand-in shell script. Returns a function
+    that runs the install step there."""
+    work, bundle, model, bin_dir = (tmp_path / d for d in ("work", "art/bundle", "art/model", "bin"))
+    for d in (work, bundle / "neo_edge_runtime", model, bin_dir):
+        d.mkdir(parents=True)
+    (bundle / "requirements-device.txt").write_text("numpy==2.4.6\n")
+    (model / "manifest.json").write_text("{}")
+    for tool in ("sh", "rm", "mkdir", "ln", "cp", "cat", "cksum"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if python3 is not None:
+        (bin_dir / "python3").write_text("#!/bin/sh\n" + python3)
+        (bin_dir / "python3").chmod(0o755)
+    script = (r.INSTALL_SCRIPT.replace("{artifacts:path}", str(tmp_path / "none"))
+              .replace("{artifacts:decompressedPath}", str(tmp_path / "art")))
+    return lambda: subprocess.run([str(bin_dir / "sh"), "-c", script], cwd=work,
+                                  env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+
+
+def test_fails_with_the_package_to_install_when_python3_has_no_venv(tmp_path):
+    # Debian and Ubuntu ship ensurepip in python3-venv: without it, `python3 -m venv` fails.
+    install = _install_in(tmp_path, 'case "$1" in -V) echo "Python 3.10.12" ;; *) exit 1 ;; esac\n')
+    out = install()
+    assert out.returncode == 1
+    assert out.stderr == ("python3 cannot make a virtual environment: install the Debian/Ubuntu "
+                          "package python3-venv\n")
+
+
+def test_fails_when_python3_is_not_on_the_path(tmp_path):
+    out = _install_in(tmp_path, None)()
+    assert out.returncode == 1
+    assert out.stderr == ("python3 is not on the PATH: install Python 3.8 or newer "
+                          "(Debian/Ubuntu package python3)\n")
+
+
+def test_the_venv_is_made_again_only_when_the_requirements_change(tmp_path):
+    # A python3 that records each venv it makes and each pip install run in one.
+    install = _install_in(tmp_path, (
+        'case "$1 $2" in\n'
+        '  "-V "*) echo "Python 3.11.2" ;;\n'
+        '  "-c "*) exit 0 ;;\n'
+        '  "-m venv") mkdir -p "$3/bin" && cp "$0" "$3/bin/python3" && echo venv >> ../calls ;;\n'
+        '  "-m pip") echo pip >> ../calls ;;\n'
+        'esac\n'))
+    for _ in range(2):
+        out = install()
+        assert out.returncode == 0, out.stderr
+    assert (tmp_path / "calls").read_text().split() == ["venv", "pip"]
+    assert (tmp_path / "work" / "venv" / ".neo-edge-stamp").read_text().startswith("Python 3.11.2 ")
+    (tmp_path / "art" / "bundle" / "requirements-device.txt").write_text("numpy==2.4.5\n")
+    assert install().returncode == 0
+    assert (tmp_path / "calls").read_text().split() == ["venv", "pip", "venv", "pip"]
 
 
 def test_access_control_for_local_bus_and_iot_core(inference):

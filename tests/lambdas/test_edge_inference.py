@@ -611,6 +611,10 @@ def test_process_mode_needs_an_input_topic(edge):
     ("NEO_EDGE_TASK", "detection", "NEO_EDGE_TASK must be one of classification, regression, "
                                    "anomaly; got 'detection'"),
     ("NEO_EDGE_PREPROCESS", "[1]", r"NEO_EDGE_PREPROCESS must be a JSON object; got '\[1\]'"),
+    ("NEO_EDGE_RESULTS_TOPIC", "neo-edge/#/results",
+     r"NEO_EDGE_RESULTS_TOPIC must be an MQTT topic of at most 256 bytes without wildcards"),
+    ("NEO_EDGE_INPUT_TOPIC", "a" * 300, r"NEO_EDGE_INPUT_TOPIC must be an MQTT topic of at most"),
+    ("NEO_EDGE_ERRORS_TOPIC", "x\ny", r"NEO_EDGE_ERRORS_TOPIC must be an MQTT topic"),
 ])
 def test_fails_when_a_setting_is_malformed(edge, name, value, message):
     with pytest.raises(edge.ConfigurationError, match=message):

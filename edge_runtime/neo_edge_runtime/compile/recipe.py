@@ -12,9 +12,11 @@ Two levels:
   ``architecture`` names, lifecycle steps and their keys, artifact URIs and digests.
 - :func:`inference_recipe` is the recipe of the neo-edge inference component: one
   manifest per platform, each with the device bundle of the edge runtime and the
-  compiled model for that platform, an install step that lays the model out in the
-  component's work folder, a run step that starts the inference process, and the IPC
-  access it needs.
+  compiled model for that platform (and, for devices without the package index, the
+  wheels of the device requirements), an install step that lays the model out in the
+  component's work folder and installs the bundle's pinned device requirements into a
+  virtual environment there, a run step that starts the inference process with that
+  environment's Python, and the IPC access it needs.
 
 :func:`content_version` derives a component version from content, so the same inputs
 always give the same version (a re-synth changes nothing) and any change gives a new
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import NeoEdgeError
+from .bundle import DEVICE_REQUIREMENTS_FILE
 
 #: The only recipe format Greengrass V2 knows.
 RECIPE_FORMAT_VERSION = "2020-01-25"
@@ -427,10 +430,10 @@ INFERENCE_DEFAULTS: Mapping[str, Any] = {
     "threadCount": 0,
 }
 
-#: The install step: unpack a ``.tar.gz`` model (what Neo writes) or take the folder of
-#: an unarchived ``.zip`` model (what a CDK folder asset is) into ``{work:path}/model``,
-#: and link the unpacked device bundle (the folder holding ``neo_edge_runtime``).
-INSTALL_SCRIPT = "\n".join([
+#: The virtual environment the install step makes for the run step, under the work folder.
+VENV_DIR = "{work:path}/venv"
+
+_LAYOUT_LINES = [
     "set -eu",
     "rm -rf model runtime && mkdir -p model",
     "for a in {artifacts:path}/*; do",
@@ -443,21 +446,74 @@ INSTALL_SCRIPT = "\n".join([
     "done",
     "test -f model/manifest.json || { echo 'no compiled model (manifest.json) among the artifacts' >&2; exit 1; }",
     "test -d runtime/neo_edge_runtime || { echo 'no device bundle (neo_edge_runtime) among the artifacts' >&2; exit 1; }",
-])
+    f"test -f runtime/{DEVICE_REQUIREMENTS_FILE} || {{ echo 'the device bundle has no "
+    f"{DEVICE_REQUIREMENTS_FILE}: rebuild it with python -m neo_edge_runtime.compile.bundle' >&2; exit 1; }}",
+]
 
-#: The run step: the ``edge_inference`` handler of the device bundle as a plain process,
-#: its settings from the component configuration through environment variables.
-RUN_SCRIPT = " ".join([
-    "exec env",
-    f"PYTHONPATH={RUNTIME_DIR}",
-    f"NEO_EDGE_MODEL_DIR={MODEL_DIR}",
-    "NEO_EDGE_INPUT_TOPIC=\"{configuration:/inputTopic}\"",
-    "NEO_EDGE_RESULTS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/results\"",
-    "NEO_EDGE_ERRORS_TOPIC=\"{configuration:/topicPrefix}/{iot:thingName}/errors\"",
-    "NEO_EDGE_THREADS=\"{configuration:/threadCount}\"",
-    "TVM_NUM_THREADS=\"{configuration:/threadCount}\"",
-    f"python3 -u {RUNTIME_DIR}/edge_inference.py",
-])
+
+def install_script(wheels: Optional[str] = None) -> str:
+    """The install step of the inference component.
+
+    It unpacks a ``.tar.gz`` model (what Neo writes) or takes the folder of an unarchived
+    ``.zip`` model (what a CDK folder asset is) into ``{work:path}/model``, links the
+    unpacked device bundle (the folder holding ``neo_edge_runtime``) as
+    ``{work:path}/runtime``, and installs the bundle's ``requirements-device.txt`` into a
+    virtual environment of the component, ``{work:path}/venv``, made with the device's
+    ``python3 -m venv``. The environment is made again only when the requirements or the
+    device's ``python3`` changed since it was made. Only wheels are installed (nothing is
+    built on the device).
+
+    Parameters
+    ----------
+    wheels:
+        The folder (on the device, recipe variables allowed) of wheels to install from
+        with ``pip install --no-index --find-links``. Default: the package index.
+    """
+    source = (f"--no-index --find-links \"{wheels}\"" if wheels else "")
+    pip = " ".join(w for w in ["venv/bin/python3 -m pip install --quiet --disable-pip-version-check",
+                               "--no-input --only-binary=:all:", source,
+                               f"-r runtime/{DEVICE_REQUIREMENTS_FILE}"] if w)
+    return "\n".join(_LAYOUT_LINES + [
+        "command -v python3 >/dev/null 2>&1 || { echo 'python3 is not on the PATH: install "
+        "Python 3.8 or newer (Debian/Ubuntu package python3)' >&2; exit 1; }",
+        f"stamp=\"$(python3 -V 2>&1) $(cksum < runtime/{DEVICE_REQUIREMENTS_FILE})\"",
+        "if [ ! -x venv/bin/python3 ] || [ \"$(cat venv/.neo-edge-stamp 2>/dev/null)\" != \"$stamp\" ]; then",
+        "  python3 -c 'import ensurepip, venv' 2>/dev/null || { echo 'python3 cannot make a "
+        "virtual environment: install the Debian/Ubuntu package python3-venv' >&2; exit 1; }",
+        "  rm -rf venv",
+        "  python3 -m venv venv",
+        f"  {pip}",
+        "  printf '%s\\n' \"$stamp\" > venv/.neo-edge-stamp",
+        "fi",
+    ])
+
+
+#: The install step with the device requirements from the package index
+#: (:func:`install_script`).
+INSTALL_SCRIPT = install_script()
+
+#: The run step's environment (lifecycle ``Setenv``): the settings of the ``edge_inference``
+#: process, from the component configuration. Greengrass puts the values into the
+#: environment as they are; none is ever part of a shell command line, so a configuration
+#: value (a topic merged by a deployment, say) cannot run anything. The process checks them.
+RUN_ENVIRONMENT: Mapping[str, str] = {
+    "PYTHONPATH": RUNTIME_DIR,
+    "NEO_EDGE_MODEL_DIR": MODEL_DIR,
+    "NEO_EDGE_INPUT_TOPIC": "{configuration:/inputTopic}",
+    "NEO_EDGE_RESULTS_TOPIC": "{configuration:/topicPrefix}/{iot:thingName}/results",
+    "NEO_EDGE_ERRORS_TOPIC": "{configuration:/topicPrefix}/{iot:thingName}/errors",
+    "NEO_EDGE_THREADS": "{configuration:/threadCount}",
+    "TVM_NUM_THREADS": "{configuration:/threadCount}",
+}
+
+#: The run step: the ``edge_inference`` handler of the device bundle as a plain process of
+#: the component's virtual environment; only paths of the component in the command line,
+#: its settings in the environment (:data:`RUN_ENVIRONMENT`).
+RUN_SCRIPT = f"exec {VENV_DIR}/bin/python3 -u {RUNTIME_DIR}/edge_inference.py"
+
+#: Seconds the install step may take: making the virtual environment and downloading the
+#: device requirements on a small device.
+INSTALL_TIMEOUT = 900
 
 
 @dataclass(frozen=True)
@@ -473,23 +529,45 @@ class PlatformArtifacts:
         or the ``.tar.gz`` Neo writes (``unarchive="NONE"``).
     runtime:
         The device bundle of the edge runtime for this architecture: a ``.zip``
-        (``unarchive="ZIP"``) whose root holds ``neo_edge_runtime/`` and
-        ``edge_inference.py``.
+        (``unarchive="ZIP"``) whose root holds ``neo_edge_runtime/``,
+        ``edge_inference.py`` and ``requirements-device.txt``.
     name:
         A label for people (the target name). Default: none.
+    wheels:
+        A ``.zip`` (``unarchive="ZIP"``) whose root holds the wheels of the device
+        requirements for this architecture, for devices that cannot reach the package
+        index: the install step then installs from it alone. Default: none (the install
+        step installs from the package index).
     """
 
     platform: Mapping[str, str]
     model: Artifact
     runtime: Artifact
     name: Optional[str] = None
+    wheels: Optional[Artifact] = None
+
+    def __post_init__(self) -> None:
+        if self.wheels is not None and self.wheels.unarchive != "ZIP":
+            raise RecipeError(f"the wheels artifact must be a .zip unpacked on the device "
+                              f"(unarchive ZIP); got unarchive {self.wheels.unarchive!r} for "
+                              f"{self.wheels.uri!r}")
+
+    @property
+    def wheels_dir(self) -> Optional[str]:
+        """Where the wheels are on the device: ``{artifacts:decompressedPath}/<zip name
+        without .zip>``, or None."""
+        if self.wheels is None:
+            return None
+        name = self.wheels.file_name
+        return "{artifacts:decompressedPath}/" + (name[:-len(".zip")] if name.endswith(".zip")
+                                                   else name)
 
 
 def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifacts],
                      component_version: Optional[str] = None, description: str = "",
                      publisher: str = "neo-edge",
                      configuration: Optional[Mapping[str, Any]] = None,
-                     install_script: str = INSTALL_SCRIPT, run_script: str = RUN_SCRIPT,
+                     install_script: Optional[str] = None, run_script: str = RUN_SCRIPT,
                      nucleus_requirement: str = NUCLEUS_REQUIREMENT,
                      version_fingerprint: Iterable[Any] = ()) -> dict:
     """The recipe of a neo-edge inference component.
@@ -506,7 +584,9 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
         Overrides of :data:`INFERENCE_DEFAULTS`; unknown keys are refused. Default:
         the defaults.
     install_script, run_script:
-        The lifecycle. Default: :data:`INSTALL_SCRIPT` and :data:`RUN_SCRIPT`.
+        The lifecycle. Default: :func:`install_script` for each platform (from the
+        platform's wheels when it ships them, else from the package index) and
+        :data:`RUN_SCRIPT`.
     nucleus_requirement:
         The nucleus versions the component runs on. Default: :data:`NUCLEUS_REQUIREMENT`.
     version_fingerprint:
@@ -533,8 +613,12 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
     # specific platforms go first (stable order otherwise).
     ordered = sorted(platforms, key=lambda p: -len(p.platform))
     manifests = [
-        Manifest(platform=p.platform, name=p.name, artifacts=(p.runtime, p.model),
-                 lifecycle={"install": {"Script": install_script, "Timeout": 300},
+        Manifest(platform=p.platform, name=p.name,
+                 artifacts=(p.runtime, p.model) + ((p.wheels,) if p.wheels else ()),
+                 lifecycle={"setenv": dict(RUN_ENVIRONMENT),
+                            "install": {"Script": install_script if install_script is not None
+                                        else _install_script(p.wheels_dir),
+                                        "Timeout": INSTALL_TIMEOUT},
                             "run": run_script})
         for p in ordered
     ]
@@ -550,6 +634,8 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
         access=access, dependencies={NUCLEUS: Dependency(nucleus_requirement, "SOFT")},
         version_fingerprint=version_fingerprint)
 
+
+_install_script = install_script
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -627,7 +713,8 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 __all__ = [
-    "ARCHITECTURES", "Artifact", "Dependency", "INFERENCE_DEFAULTS", "INSTALL_SCRIPT",
+    "ARCHITECTURES", "Artifact", "DEVICE_REQUIREMENTS_FILE", "Dependency", "INFERENCE_DEFAULTS",
+    "INSTALL_SCRIPT", "INSTALL_TIMEOUT", "VENV_DIR", "install_script",
     "LIFECYCLE_STEPS", "Manifest", "NUCLEUS", "NUCLEUS_REQUIREMENT", "OPERATING_SYSTEMS",
     "PlatformArtifacts", "RECIPE_FORMAT_VERSION", "RUN_SCRIPT", "RecipeError", "access_control",
     "build_recipe", "check_platform", "check_version", "content_version", "inference_recipe",
