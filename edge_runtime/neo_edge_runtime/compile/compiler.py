@@ -86,17 +86,68 @@ def _static_inputs(declared: list[dict], shapes: Optional[Mapping[str, Sequence[
     return out
 
 
-def _import_onnx(onnx_model, shapes, dtypes):
+def _onnx_nodes(graph) -> list[tuple[str, str]]:
+    """(op type, node name) of every node of ``graph`` and of its subgraphs (If, Loop,
+    Scan bodies), in graph order."""
+    nodes = []
+    for node in graph.node:
+        nodes.append((node.op_type, node.name or (node.output[0] if node.output else "")))
+        for a in node.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                nodes += _onnx_nodes(g)
+    return nodes
+
+
+def _describe_nodes(nodes: list[tuple[str, str]]) -> str:
+    """``LSTM (node /rnn/LSTM), GRU (nodes /a/GRU, /b/GRU)``, op types in first-seen order."""
+    by_op: dict[str, list[str]] = {}
+    for op, name in nodes:
+        by_op.setdefault(op, []).append(name)
+    parts = []
+    for op, names in by_op.items():
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        parts.append(f"{op} (node{'s' if len(names) > 1 else ''} {shown})")
+    return ", ".join(parts)
+
+
+def _source_nodes(path: Path, fw: str) -> list[tuple[str, str]]:
+    """(op type, node name) of the ONNX nodes the model at ``path`` is imported from:
+    none for PyTorch."""
+    if fw == "ONNX":
+        return _onnx_nodes(_load_onnx(path).graph)
+    if fw == "XGBOOST":
+        from .xgboost_onnx import load_xgboost_json, xgboost_to_onnx
+        return _onnx_nodes(xgboost_to_onnx(load_xgboost_json(str(path)), path.stem).graph)
+    return []
+
+
+def _check_onnx_operators(onnx_model, model_name: str) -> None:
+    """Raise :class:`CompileError` naming the operators (and their nodes) TVM's ONNX
+    importer has no converter for."""
+    try:
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    except ImportError:  # another TVM layout: its importer reports them itself
+        return
+    known = set(_get_convert_map()) | {"Constant", "If"}
+    missing = [(op, name) for op, name in _onnx_nodes(onnx_model.graph) if op not in known]
+    if missing:
+        raise CompileError(f"{model_name}: ONNX operators not supported by TVM's importer: "
+                           f"{_describe_nodes(missing)}")
+
+
+def _import_onnx(onnx_model, shapes, dtypes, model_name: str = "model.onnx"):
     from tvm.relax.frontend.onnx import from_onnx
 
     declared, output_names = _onnx_io(onnx_model)
     inputs = _static_inputs(declared, shapes, dtypes)
+    _check_onnx_operators(onnx_model, model_name)
     try:
         mod = from_onnx(onnx_model, shape_dict={i["name"]: i["shape"] for i in inputs},
                         dtype_dict={i["name"]: i["dtype"] for i in inputs},
                         keep_params_in_input=True)
     except Exception as exc:  # the frontend raises many kinds; name the model's problem
-        raise CompileError(f"TVM's ONNX frontend could not import the model: {exc}") from exc
+        raise CompileError(f"{model_name}: TVM's ONNX frontend could not import the model: "
+                           f"{_first_line(exc)}") from exc
     return mod, inputs, output_names
 
 
@@ -117,13 +168,14 @@ def _load_onnx(path: Path):
 def _import(path: Path, fw: str, shapes, dtypes):
     """(IRModule with params as inputs, input specs, output names)."""
     if fw == "ONNX":
-        return _import_onnx(_load_onnx(path), shapes, dtypes)
+        return _import_onnx(_load_onnx(path), shapes, dtypes, path.name)
     if fw == "XGBOOST":
         if shapes:
             raise CompileError("XGBoost models take no input_shapes: the input is "
                                "[1, num_feature] float32, read from the model")
         from .xgboost_onnx import load_xgboost_json, xgboost_to_onnx
-        return _import_onnx(xgboost_to_onnx(load_xgboost_json(str(path)), path.stem), None, None)
+        return _import_onnx(xgboost_to_onnx(load_xgboost_json(str(path)), path.stem), None, None,
+                            path.name)
     if fw == "PYTORCH":
         return _import_pytorch(path)
     spec = framework_spec(fw)
@@ -151,13 +203,133 @@ def _import_pytorch(path: Path):
         meta = program.graph.find_nodes(op="placeholder", target=spec.arg.name)[0].meta["val"]
         inputs.append({"name": spec.arg.name, "shape": [int(d) for d in meta.shape],
                        "dtype": str(meta.dtype).replace("torch.", "")})
-    mod = from_exported_program(program, keep_params_as_input=True)
+    try:
+        mod = from_exported_program(program, keep_params_as_input=True)
+    except Exception as exc:  # the frontend raises many kinds; name the model's problem
+        raise CompileError(f"{path.name}: TVM's PyTorch frontend could not import the "
+                           f"model: {_first_line(exc)}") from exc
     n_out = len(program.graph_signature.user_outputs)
     return mod, inputs, [f"output{i}" for i in range(n_out)]
 
 
 # ---------------------------------------------------------------------------------------
 # Build
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message (TVM's carry a C++ traceback)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+class _PassFailed(Exception):
+    """A step of the optimized build failed: the module is built by TVM's stock pipeline."""
+
+    def __init__(self, name: str, exc: BaseException):
+        super().__init__(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
+        self.name, self.exc = name, exc
+
+
+class _Passes:
+    """Runs the compiler's own passes, which make a model faster, never decide whether
+    it compiles.
+
+    :meth:`run` runs an optional pass: if it raises, or leaves a module that is not
+    well formed, the module goes on without it. :meth:`require` runs a step the
+    optimized build cannot do without: if it fails, the optimized build is abandoned
+    and the model is built by TVM's stock pipeline (:func:`_build`). Either way the
+    pass and the reason are logged through ``log`` and listed in :attr:`skipped`
+    (``[{"pass": name, "reason": "<exception type>: <first line of its message>"}]``),
+    which the manifest records.
+    """
+
+    def __init__(self, log: Callable[[str], None] = lambda msg: None):
+        self.log = log
+        self.skipped: list[dict] = []
+
+    def skip(self, name: str, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        if {"pass": name, "reason": reason} not in self.skipped:
+            self.skipped.append({"pass": name, "reason": reason})
+            self.log(f"skipped {name}: {reason}")
+
+    def run(self, name: str, fn: Callable, mod, *args):
+        """``fn(mod, *args)``, a module; ``mod`` unchanged if it fails."""
+        try:
+            out = fn(mod, *args)
+            _check_well_formed(out, mod)
+            return out
+        except Exception as exc:  # any failure of an optimization leaves the module as it was
+            self.skip(name, exc)
+            return mod
+
+    def attempt(self, name: str, fn: Callable, *args) -> bool:
+        """Call ``fn(*args)`` for its effect; False if it failed."""
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:  # the build goes on without what it would have added
+            self.skip(name, exc)
+            return False
+
+    def require(self, name: str, fn: Callable, *args):
+        """``fn(*args)``; raises :class:`_PassFailed` if it fails."""
+        try:
+            return fn(*args)
+        except _PassFailed:
+            raise
+        except Exception as exc:  # the optimized build cannot go on: _build falls back
+            raise _PassFailed(name, exc) from exc
+
+
+def _check_well_formed(mod, before) -> None:
+    """Raise ValueError if a pass turned the well-formed module ``before`` into ``mod``,
+    which is not."""
+    import tvm
+    from tvm import relax
+
+    if mod is before or not isinstance(mod, tvm.IRModule):
+        return
+    if not relax.analysis.well_formed(mod) and relax.analysis.well_formed(before):
+        raise ValueError("the pass produced a module that is not well formed")
+
+
+#: Relax operators (as TVM's messages name them) and the ONNX operators they come from,
+#: where the names differ beyond case, underscores and a ``2d`` suffix.
+_RELAX_TO_ONNX = {
+    "matmul": ["MatMul", "Gemm"], "linear": ["Gemm", "MatMul"], "permute_dims": ["Transpose"],
+    "take": ["Gather"], "layer_norm": ["LayerNormalization"],
+    "batch_norm": ["BatchNormalization"], "strided_slice": ["Slice"], "concat": ["Concat"],
+    "max_pool2d": ["MaxPool"], "avg_pool2d": ["AveragePool"], "maximum": ["Max", "Relu"],
+    "minimum": ["Min"], "nn.relu": ["Relu"], "nn.softmax": ["Softmax"], "nn.gelu": ["Gelu"],
+    "adaptive_avg_pool2d": ["GlobalAveragePool"], "conv1d": ["Conv"], "conv2d": ["Conv"],
+    "conv3d": ["Conv"], "conv2d_transpose": ["ConvTranspose"], "clip": ["Clip"],
+    "astype": ["Cast"], "broadcast_to": ["Expand"], "expand_dims": ["Unsqueeze"],
+}
+
+
+def _build_failure(model_name: str, nodes: list[tuple[str, str]], exc: BaseException) -> str:
+    """The message of a model TVM cannot build: the Relax operator TVM's message names
+    and the ONNX nodes of the type it comes from."""
+    import re
+
+    text = str(exc)
+    ops = list(dict.fromkeys(re.findall(r"relax\.((?:nn\.|image\.)?[a-z_0-9]+)", text)))
+    ops = [op for op in ops if op not in ("call_tir", "call_packed", "call_dps_packed")]
+    where = ""
+    if ops:
+        op = ops[0]
+        short = op.split(".")[-1]
+
+        def norm(name: str) -> str:
+            return re.sub(r"[0-9]d$", "", name.lower().replace("_", ""))
+
+        onnx_types = set(_RELAX_TO_ONNX.get(op, _RELAX_TO_ONNX.get(short, [])))
+        matched = [(t, n) for t, n in nodes if t in onnx_types or norm(t) == norm(short)]
+        where = f" at Relax operator {op}" + (
+            f", from ONNX {_describe_nodes(matched)}" if matched else "")
+    return (f"{model_name}: TVM could not build the model{where}: "
+            f"{type(exc).__name__}: {_first_line(exc)}")
 
 
 def _tvm_target(target: Target) -> dict:
@@ -575,21 +747,53 @@ def _fold_batch_norm(mod):
 
 
 def _unlower_min_max(mod):
-    """Turn the ONNX frontend's Clip kernels back into ``R.maximum``/``R.minimum``.
+    """Turn the ONNX frontend's Clip, Max and Min back into ``R.maximum``/``R.minimum``.
 
     The frontend emits Clip (ReLU6) as ``call_tir`` of ready-made maximum/minimum
     kernels, which layout conversion cannot see through: it would transpose every
     activation back to NCHW around each ReLU6 and keep it out of the conv's fused kernel.
+    It emits Max and Min as a reduction over the inputs stacked on a new axis
+    (``R.max(R.stack(inputs, axis=0), axis=[0])``), which layout conversion fails on
+    (TVM's layout inference for ``stack``); elementwise, they need neither.
     """
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
+    stack, broadcast_to = tvm.ir.Op.get("relax.stack"), tvm.ir.Op.get("relax.broadcast_to")
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+    reductions = {tvm.ir.Op.get("relax.max"): relax.op.maximum,
+                  tvm.ir.Op.get("relax.min"): relax.op.minimum}
 
     @mutator
     class Unlower(PyExprMutator):
+        def stacked(self, call) -> list:
+            """The inputs ``call`` (a reduction over axis 0) reads stacked on axis 0."""
+            axes, data = call.attrs.axis, call.args[0]
+            if axes is None or [int(a) for a in axes] != [0] or call.attrs.keepdims \
+                    or not isinstance(data, relax.Var):
+                return []
+            value = self.lookup_binding(data)
+            if not (isinstance(value, relax.Call) and value.op == stack
+                    and int(value.attrs.axis) == 0 and isinstance(value.args[0], relax.Tuple)):
+                return []
+            fields = list(value.args[0].fields)
+            if not all(f.ty == call.ty for f in fields):
+                return []
+            # The frontend broadcasts each input to the output's shape first; the
+            # elementwise op broadcasts a scalar itself, and the others are that shape.
+            inner = [self.unbroadcast(f, call.ty) for f in fields]
+            return inner if any(f.ty == call.ty for f in inner) else fields
+
+        def unbroadcast(self, var, ty):
+            value = self.lookup_binding(var) if isinstance(var, relax.Var) else None
+            if isinstance(value, relax.Call) and value.op == broadcast_to:
+                x = value.args[0]
+                if x.ty == ty or (isinstance(x.ty, relax.TensorType) and x.ty.ndim == 0):
+                    return x
+            return var
+
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if getattr(call, "op", None) == call_tir and \
@@ -598,6 +802,13 @@ def _unlower_min_max(mod):
                 args = list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else []
                 if kind in ops and len(args) == 2:
                     return ops[kind](*args)
+            if getattr(call, "op", None) in reductions:
+                fields = self.stacked(call)
+                if len(fields) >= 2:
+                    out = fields[0]
+                    for f in fields[1:-1]:
+                        out = self.builder_.emit(reductions[call.op](out, f))
+                    return reductions[call.op](out, fields[-1])
             return call
 
     mutated = Unlower(mod)
@@ -719,27 +930,67 @@ def _split_concatenations(mod):
     return relax.transform.DeadCodeElimination()(tvm.IRModule(funcs, attrs=mod.attrs))
 
 
-def _channels_last(mod, tvm_target):
-    """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion,
-    convolutions in channels-last layout with whole vectors of output channels, and
-    channel concatenations read in parts."""
+def _nonnegative_squeeze_axes(mod):
+    """Write the axes of ``R.squeeze`` as non-negative numbers.
+
+    TVM's layout conversion reads a negative squeeze axis (``squeeze(x, axis=[-2])``, as
+    PyTorch's exporters write ``x[:, 0]`` and ``x.squeeze(-1)``) as a position in the
+    layout string and fails with ``std::bad_alloc``, whether or not the function has a
+    convolution.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    squeeze = is_op("relax.squeeze")(x)
+
+    def rewrite(expr, matched):
+        axes, ty = matched[squeeze].attrs.axis, matched[x].ty
+        if axes is None or not isinstance(ty, relax.TensorType) or ty.ndim < 0 \
+                or all(int(a) >= 0 for a in axes):
+            return expr
+        return relax.op.squeeze(matched[x], [int(a) % ty.ndim for a in axes])
+
+    funcs = {gv: rewrite_call(squeeze, rewrite, f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def _convert_layout(mod):
+    """Convolutions in channels-last layout (:data:`CPU_CONV_LAYOUT`)."""
     from tvm.relax import transform as T
 
+    return T.ConvertLayout(CPU_CONV_LAYOUT)(_nonnegative_squeeze_axes(mod))
+
+
+def _channels_last(mod, tvm_target, passes: Optional[_Passes] = None):
+    """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion,
+    convolutions in channels-last layout with whole vectors of output channels, and
+    channel concatenations read in parts. Each of these passes that fails is skipped
+    (see :class:`_Passes`)."""
     from . import schedules
 
+    passes = passes or _Passes()
     with tvm_target:
-        mod = _unlower_min_max(_fold_batch_norm(mod))
-        mod = _split_concatenations(T.ConvertLayout(CPU_CONV_LAYOUT)(mod))
-        return _pad_output_channels(mod, schedules.vector_config(tvm_target)[0])
+        mod = passes.run("fold_batch_norm", _fold_batch_norm, mod)
+        mod = passes.run("unlower_min_max", _unlower_min_max, mod)
+        mod = passes.run("convert_layout", _convert_layout, mod)
+        mod = passes.run("split_concatenations", _split_concatenations, mod)
+        return passes.run("pad_output_channels", _pad_output_channels, mod,
+                          schedules.vector_config(tvm_target)[0])
 
 
-def _tuning_module(mod, params: list, tvm_target, winograd_tile):
+def _tuning_module(mod, params: list, tvm_target, winograd_tile,
+                   passes: Optional[_Passes] = None):
     """``mod`` as tuning sees it, with the weights ``main`` then takes.
 
     TVM's static_shape_tuning pipeline, plus :func:`_channels_last`, 3x3 convolutions
     computed by Winograd's algorithm where ``winograd_tile(signature)`` (see
     :mod:`.winograd`) says so, and what depends on the weights alone (folded weights and
     shifts, layout changes, padding, Winograd weight transforms) computed here once.
+    Our passes that fail are skipped (``passes``, see :class:`_Passes`); TVM's pipeline or
+    the weight computation failing raises :class:`_PassFailed`.
     """
     import tvm
     from tvm import relax
@@ -747,12 +998,15 @@ def _tuning_module(mod, params: list, tvm_target, winograd_tile):
 
     from . import winograd
 
-    mod = winograd.rewrite(_channels_last(mod, tvm_target), winograd_tile)
+    passes = passes or _Passes()
+    mod = passes.run("winograd", winograd.rewrite,
+                     _channels_last(mod, tvm_target, passes), winograd_tile)
     with tvm_target:
-        mod = tvm.transform.Sequential([
+        mod = passes.require("lift_transform_params", tvm.transform.Sequential([
             T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
-            T.LiftTransformParams()])(mod)
-        mod, params = _precompute_transform(mod, params, tvm_target)
+            T.LiftTransformParams()]), mod)
+        mod, params = passes.require("precompute_transform", _precompute_transform,
+                                     mod, params, tvm_target)
         mod = tvm.transform.Sequential([
             relax.get_pipeline("zero"), T.AttachAttrLayoutFreeBuffers()])(mod)
     return mod, params
@@ -805,7 +1059,7 @@ def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dic
     from . import winograd
 
     ways = {}  # (signature, tile size) -> the kernels computing it
-    for sig in winograd.signatures(_channels_last(mod, tvm_target)):
+    for sig in winograd.signatures(_channels_last(mod, tvm_target, _Passes())):
         if str(sig) in tiles:
             continue
         conv, weights = _winograd_module(sig)
@@ -834,7 +1088,7 @@ def _choose_winograd_tiles(mod, tvm_target, db: Path, searched: dict, tiles: dic
 
 
 def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searched: dict,
-          tiles: dict, log: Callable[[str], None]):
+          tiles: dict, log: Callable[[str], None], passes: Optional[_Passes] = None):
     """Tuning with weight prepacking, sized for small build machines.
 
     Chooses how each 3x3 convolution shape is computed (:func:`_choose_winograd_tiles`,
@@ -843,22 +1097,28 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
     rewrites of the weights are computed here too, so tuning spends no trials on weight
     transposes and the device receives prepacked weights.
 
-    Returns (module to build, weights ``main`` takes).
+    Returns (module to build, weights ``main`` takes). Failures are handled as
+    :class:`_Passes` says: the Winograd measurements and the tuning failing leave the
+    default tiles and the records made so far.
     """
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules, winograd
 
+    passes = passes or _Passes(log)
     if trials:
-        _choose_winograd_tiles(mod, tvm_target, db, searched, tiles, log)
+        passes.attempt("choose_winograd_tiles", _choose_winograd_tiles,
+                       mod, tvm_target, db, searched, tiles, log)
     lanes = schedules.vector_config(tvm_target)[0]
     mod, params = _tuning_module(
         mod, params, tvm_target,
-        lambda sig: tiles.get(str(sig), winograd.default_tile(sig, lanes)))
+        lambda sig: tiles.get(str(sig), winograd.default_tile(sig, lanes)), passes)
     if trials:
         with tvm_target:
-            _run_tuning(mod, tvm_target, db, trials, done, searched, log)
-    return _apply_database(mod, params, tvm_target, ms.database.JSONDatabase(work_dir=str(db)))
+            passes.attempt("tuning", _run_tuning, mod, tvm_target, db, trials, done,
+                           searched, log)
+    return passes.require("apply_database", _apply_database, mod, params, tvm_target,
+                          ms.database.JSONDatabase(work_dir=str(db)))
 
 
 def _apply_database(mod, params: list, tvm_target, database=None):
@@ -897,44 +1157,81 @@ def _apply_database(mod, params: list, tvm_target, database=None):
     return _precompute_transform(mod, params, tvm_target)
 
 
-def _untuned(mod, params: list, tvm_target):
+def _untuned(mod, params: list, tvm_target, passes: Optional[_Passes] = None):
     """An untuned CPU build: 3x3 convolutions use Winograd where
     :func:`.winograd.default_tile` expects it to pay and each convolution, pooling window
     and concatenation gets its most promising template schedule, unmeasured
     (:func:`_apply_database`), so a model compiled for a device nobody tuned on (a cross
     compile) still runs register-tiled, vectorized convolutions; the other kernels keep
-    TVM's default schedules. Returns (module to build, weights)."""
+    TVM's default schedules. Returns (module to build, weights); failures as
+    :class:`_Passes` says."""
     from . import schedules, winograd
 
+    passes = passes or _Passes()
     lanes = schedules.vector_config(tvm_target)[0]
     mod, params = _tuning_module(mod, params, tvm_target,
-                                 lambda sig: winograd.default_tile(sig, lanes))
-    return _apply_database(mod, params, tvm_target)
+                                 lambda sig: winograd.default_tile(sig, lanes), passes)
+    return passes.require("apply_database", _apply_database, mod, params, tvm_target)
+
+
+def _stock_build(mod, param_values: list, tvm_target):
+    """``mod`` built by TVM's stock pipeline (``tvm.compile``), its weights bound as
+    constants into the library."""
+    import tvm
+    from tvm import relax
+
+    n_inputs = len(mod["main"].params) - len(param_values)
+    binding = dict(zip(mod["main"].params[n_inputs:], param_values))
+    mod = relax.transform.BindParams("main", binding)(mod)
+    return tvm.compile(mod, target=tvm_target)
 
 
 def _build(mod, param_values: list, target: Target, target_spec: dict, tune_trials: int,
-           tuning_db: Optional[Path], progress: bool, log: Callable[[str], None]):
+           tuning_db: Optional[Path], progress: bool, log: Callable[[str], None],
+           passes: Optional[_Passes] = None):
     """Compile ``mod`` (weights as trailing inputs of ``main``).
 
     CPU builds keep the weights apart, prepacked on this machine into the layout their
     kernels read: tuned ones (:func:`_tune`) with the measured schedules, untuned ones
-    (:func:`_untuned`) with each convolution's most promising template. GPU builds bind
-    the weights as constants and use dlight's default schedules.
+    (:func:`_untuned`) with each convolution's most promising template. Our passes that
+    fail are skipped (``passes``, see :class:`_Passes`); if the optimized build fails as
+    a whole, ``mod`` is built by TVM's stock pipeline (:func:`_stock_build`). GPU builds
+    bind the weights as constants and use dlight's default schedules.
 
-    Returns (executable, weights to ship or None, tuning info for the manifest).
+    Returns (executable, weights to ship or None, tuning info for the manifest:
+    ``{"trials": ..., "prepacked": whether the shipped weights are prepacked}``).
+    Raises whatever TVM's stock pipeline raises for a model it cannot build.
     """
     import tvm
-    from tvm import relax
 
+    passes = passes or _Passes(log)
     tvm_target = tvm.target.Target(target_spec)
     if target.device != "cpu":
-        n_inputs = len(mod["main"].params) - len(param_values)
-        binding = dict(zip(mod["main"].params[n_inputs:], param_values))
-        mod = relax.transform.BindParams("main", binding)(mod)
-        return tvm.compile(mod, target=tvm_target), None, {"trials": 0}
+        return _stock_build(mod, param_values, tvm_target), None, \
+            {"trials": 0, "prepacked": False}
+    try:
+        return _optimized_build(mod, param_values, target_spec, tune_trials, tuning_db,
+                                progress, log, passes)
+    except _PassFailed as failed:
+        passes.skip(failed.name, failed.exc)
+    except Exception as exc:  # our pipeline failed as a whole: TVM's own builds it
+        passes.skip("optimized_build", exc)
+    log("building with TVM's stock pipeline")
+    return _stock_build(mod, param_values, tvm_target), None, {"trials": 0, "prepacked": False}
+
+
+def _optimized_build(mod, param_values: list, target_spec: dict, tune_trials: int,
+                     tuning_db: Optional[Path], progress: bool, log: Callable[[str], None],
+                     passes: _Passes):
+    """:func:`_build` for CPU targets, with our passes; raises :class:`_PassFailed` where
+    it cannot go on."""
+    import tvm
+
+    tvm_target = tvm.target.Target(target_spec)
     if tune_trials == 0 and tuning_db is None:
-        mod, param_values = _untuned(mod, param_values, tvm_target)
-        return tvm.compile(mod, target=tvm_target), param_values, {"trials": 0}
+        mod, param_values = _untuned(mod, param_values, tvm_target, passes)
+        ex = passes.require("optimized_build", tvm.compile, mod, tvm_target)
+        return ex, param_values, {"trials": 0, "prepacked": bool(param_values)}
 
     from ..runtime import physical_cores
 
@@ -954,11 +1251,12 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
         log(f"reusing {done[key]} tuning trials from {db}")
     with _TuningProgress(db, progress and trials > 0), _measuring_threads(cores):
         mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
-                                  done.get(key, 0), searched, tiles, log)
+                                  done.get(key, 0), searched, tiles, log, passes)
     if trials:
         done[key] = done.get(key, 0) + trials
         marker.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    return tvm.compile(mod, target=tvm_target), param_values, {"trials": done.get(key, 0)}
+    ex = passes.require("optimized_build", tvm.compile, mod, tvm_target)
+    return ex, param_values, {"trials": done.get(key, 0), "prepacked": bool(param_values)}
 
 
 @contextlib.contextmanager
@@ -1077,9 +1375,13 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
     outputs = _output_specs(mod, output_names)
     log(f"compiling for {tgt.name} ({tgt.description})")
     target_spec = _tvm_target(tgt)
-    ex, shipped_params, tuning = _build(
-        mod, list(params.get("main", [])), tgt, target_spec, tune_trials,
-        Path(tuning_db) if tuning_db is not None else None, progress, log)
+    passes = _Passes(log)
+    try:
+        ex, shipped_params, tuning = _build(
+            mod, list(params.get("main", [])), tgt, target_spec, tune_trials,
+            Path(tuning_db) if tuning_db is not None else None, progress, log, passes)
+    except Exception as exc:  # TVM's stock pipeline cannot build the model
+        raise CompileError(_build_failure(src.name, _source_nodes(src, fw), exc)) from exc
 
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1107,10 +1409,12 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
             "outputs": outputs,
             "tvm_version": tvm.__version__,
             "compile_options": {"tune_trials": tuning["trials"],
-                                "weight_prepack": bool(shipped_params),
+                                "weight_prepack": tuning["prepacked"],
                                 "input_shapes": {i["name"]: i["shape"] for i in inputs}},
             "metadata": dict(metadata or {}),
         }
+        if passes.skipped:
+            manifest["optimizations"] = {"skipped": passes.skipped}
         artifact.write_manifest(staging, manifest)
         _replace_dir(staging, out)
     except BaseException:
