@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # jsii refuses to be quiet about node 20 unless its major version is listed here.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: setup demo test bench bundle qemu-sysroot lock clean
+.PHONY: setup demo test bench conformance bundle qemu-sysroot lock clean
 
 setup: .venv/.installed node_modules/.installed .apt-installed bundle qemu-sysroot
 
@@ -58,6 +58,11 @@ build/qemu-aarch64/.assembled: scripts/qemu-aarch64-sysroot.sh requirements.lock
 # Slow work (tuning, the model zoo against ONNX Runtime): not part of the tests.
 bench: setup
 	$(PY) -m benchmarks.run
+
+# ONNX's backend test suite on the edge runtime and on ONNX Runtime (10-15 minutes on
+# 2 cores): benchmarks/results/conformance.md.
+conformance: setup
+	$(PY) -m benchmarks.conformance
 
 # Rewrites requirements.lock from pyproject.toml's pins (run after changing a pin).
 lock:

@@ -132,8 +132,8 @@ def _check_structure(path: Path, manifest: dict) -> None:
         fail("files", "an object of file name to sha256 (64 lowercase hex digits)")
     for field in ("inputs", "outputs"):
         value = manifest[field]
-        if not isinstance(value, list) or not value:
-            fail(field, "a non-empty list of tensors")
+        if not isinstance(value, list) or (field == "outputs" and not value):
+            fail(field, "a list of tensors" if field == "inputs" else "a non-empty list of tensors")
         for i, tensor in enumerate(value):
             value = tensor
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) \

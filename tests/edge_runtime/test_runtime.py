@@ -287,3 +287,11 @@ def test_fails_with_artifact_error_on_a_malformed_manifest(copy, field, value, m
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=message):
         EdgeModel.load(copy)
+
+
+def test_a_model_without_inputs_loads(copy):
+    import json
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["inputs"] = []
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert EdgeModel.load(copy).inputs == []
