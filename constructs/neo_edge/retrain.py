@@ -302,7 +302,25 @@ def _check_prefix(name: str, prefix: Optional[str]) -> None:
                          f"(e.g. 'models/incoming/'); got {prefix!r}")
 
 
-class RetrainPipeline(Construct):
+class _StateMachineRuns:
+    """What a retraining pipeline, made here or imported, offers through its state machine."""
+
+    state_machine: sfn.IStateMachine
+
+    def grant_start_execution(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` start a run (``states:StartExecution``)."""
+        return self.state_machine.grant_start_execution(grantee)
+
+    def metric_failed(self, **options: Any) -> cw.Metric:
+        """Runs that failed. Default: sum over 5 minutes."""
+        return self.state_machine.metric_failed(**options)
+
+    def metric_succeeded(self, **options: Any) -> cw.Metric:
+        """Runs that succeeded. Default: sum over 5 minutes."""
+        return self.state_machine.metric_succeeded(**options)
+
+
+class RetrainPipeline(_StateMachineRuns, Construct):
     """Retrain, recompile, republish and redeploy, on new data or on a schedule.
 
     Parameters
@@ -580,18 +598,6 @@ class RetrainPipeline(Construct):
         """The state machine's ARN."""
         return self.state_machine.state_machine_arn
 
-    def grant_start_execution(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` start a run (``states:StartExecution``)."""
-        return self.state_machine.grant_start_execution(grantee)
-
-    def metric_failed(self, **options: Any) -> cw.Metric:
-        """Runs that failed. Default: sum over 5 minutes."""
-        return self.state_machine.metric_failed(**options)
-
-    def metric_succeeded(self, **options: Any) -> cw.Metric:
-        """Runs that succeeded. Default: sum over 5 minutes."""
-        return self.state_machine.metric_succeeded(**options)
-
     # ------------------------------------------------------------------------------
 
     def _definition(self, stack: cdk.Stack, training_job: TrainingJob, jobs: list,
@@ -832,7 +838,7 @@ class RetrainPipeline(Construct):
                        "that one function"))
 
 
-class _ImportedRetrainPipeline(Construct):
+class _ImportedRetrainPipeline(_StateMachineRuns, Construct):
     """What :meth:`RetrainPipeline.from_state_machine_arn` returns (nothing is created)."""
 
     def __init__(self, scope: Construct, id: str, state_machine_arn: str) -> None:
@@ -840,15 +846,3 @@ class _ImportedRetrainPipeline(Construct):
         self.state_machine = sfn.StateMachine.from_state_machine_arn(
             self, "Resource", state_machine_arn)
         self.state_machine_arn = self.state_machine.state_machine_arn
-
-    def grant_start_execution(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` start a run (``states:StartExecution``)."""
-        return self.state_machine.grant_start_execution(grantee)
-
-    def metric_failed(self, **options: Any) -> cw.Metric:
-        """Runs that failed. Default: sum over 5 minutes."""
-        return self.state_machine.metric_failed(**options)
-
-    def metric_succeeded(self, **options: Any) -> cw.Metric:
-        """Runs that succeeded. Default: sum over 5 minutes."""
-        return self.state_machine.metric_succeeded(**options)
