@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import NeoEdgeError
-from ..targets import host_arch
+from ..targets import RUNTIME_ARCHES, host_arch
 
 #: The ``neo_edge_runtime`` package folder.
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -67,8 +67,8 @@ APACHE_TVM_VERSION = "0.27.0.post1"
 APACHE_TVM_FFI_VERSION = "0.1.14.post1"
 _PINS = (("apache-tvm", "tvm", APACHE_TVM_VERSION),
          ("apache-tvm-ffi", "tvm_ffi", APACHE_TVM_FFI_VERSION))
-#: manylinux platform tags per device architecture.
-WHEEL_PLATFORMS = {"x86_64": "manylinux_2_28_x86_64", "aarch64": "manylinux_2_28_aarch64"}
+#: manylinux platform tags of apache-tvm's wheels, per device architecture the runtime has.
+WHEEL_PLATFORMS = {arch: f"manylinux_2_28_{arch}" for arch in RUNTIME_ARCHES}
 
 #: The Python versions of the devices the component supports: 3.8 (JetPack 5), 3.10
 #: (JetPack 6, Ubuntu 22.04), 3.11 (Raspberry Pi OS 12), 3.12 (Ubuntu 24.04).
