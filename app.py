@@ -2,9 +2,9 @@
 """The reference app that `cdk synth` / `cdk deploy` run (see cdk.json).
 
 One environment-agnostic stack, ``NeoEdgeStack``: a ``NeoEdgePipeline`` that trains the
-built-in XGBoost on the digits data set, compiles it for a Raspberry Pi 4, a Jetson
-Xavier and ml.c5, ships it to a sample fleet through Greengrass, watches the fleet and
-retrains on new data.
+built-in XGBoost on the digits data set, compiles it for a Raspberry Pi 4 (neo-edge's
+compiler, in CodeBuild) and ml.c5 (SageMaker Neo, for the optional endpoint), ships it to a
+sample fleet through Greengrass, watches the fleet and retrains on new data.
 
 Context (``cdk synth -c key=value``):
 
@@ -105,7 +105,7 @@ def build_app(outdir: str | None = None) -> cdk.App:
     NeoEdgePipeline(
         stack, "Digits",
         runtime_bundles=runtime_bundles(app),
-        targets=["rasp4b", "jetson_xavier", "ml_c5"],
+        targets=["rasp4b", "ml_c5"],
         component_name="com.neoedge.Digits",
         model_name="digits",
         training_data_prefix="datasets/digits/train/",

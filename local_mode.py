@@ -33,7 +33,14 @@ code the cloud path uses:
    goes through ``edge_inference`` one request at a time (the MLP's as PNG images
    preprocessed by the handler, the XGBoost model's as feature rows); accuracy must
    equal what training measured and every prediction must match, else this fails;
-   latency p50/p90 is printed next to ONNX Runtime's on the same inputs and threads;
+   latency p50/p90 is printed next to ONNX Runtime's on the same inputs and threads.
+   Then two new versions of the MLP (its weights perturbed, and rounded to half
+   precision; compiled and signed as the first) reach that device as configuration
+   updates (``modelPath`` and ``shadowShare`` > 0, through the handler's configuration
+   subscription): each runs in shadow beside the serving version on half of the requests
+   that follow, and the device's decisions are printed (agreement, error rates, latency
+   p90): the perturbed one must be rejected without answering a caller, the other
+   promoted, watched and found healthy, else this fails;
 5. **synth**: the reference app (``app.py``) to ``cdk.out``.
 
 Everything lands under ``--workdir`` (default ``build/local``); ``<workdir>/summary.json``
@@ -75,6 +82,14 @@ BUILT_BUNDLES = REPO / "build" / "bundle"
 THING_NAME = "local-device"
 COMPONENTS = {"mlp": "com.neoedge.DigitsMlp", "xgboost": "com.neoedge.DigitsXgboost"}
 MODEL_NAMES = {"mlp": "digits-mlp", "xgboost": "digits-xgboost"}
+
+
+def CAPTURE_CONFIGURATION(workdir: Path) -> dict:  # noqa: N802 - a table, per work folder
+    """The capture settings of local mode's components: 10 % of the requests and the notable
+    ones, to ``<workdir>/bucket/captured`` (the folder standing for the capture prefix)."""
+    return {"capture": "sampled", "captureSampleRate": 0.1,
+            "captureDestination": str((workdir / "bucket" / "captured").resolve()),
+            "captureUploadSeconds": 3600}
 # What greengrass-cli and the GDK accept as artifact URIs for a local component.
 URI_PREFIX = "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION"
 # Greengrass' architecture names for `uname -m`.
@@ -234,8 +249,39 @@ def device_target() -> str:
     return "rasp3b" if host_arch() == "aarch64" else "rasp4b"
 
 
+#: The local signing key pair, under the work folder: every model is signed with it and the
+#: simulated device is configured with its public key, as the cloud path does with KMS.
+SIGNING_KEY = Path("signing") / "key.pem"
+
+
+def signing_key(workdir: Path) -> tuple[Path, Path]:
+    """The work folder's signing key pair (private, public), made on first use."""
+    from neo_edge_runtime.compile.signing import generate_key
+
+    private = workdir / SIGNING_KEY
+    public = private.with_name("key.pub.pem")
+    if not (private.is_file() and public.is_file()):
+        private.unlink(missing_ok=True)
+        generate_key(private)
+    return private, public
+
+
+def _model_metadata(info: dict, kind: str) -> dict:
+    """What the artifact's manifest says of a trained model: task, labels, preprocessing."""
+    model = info["models"][kind]
+    metadata = {"task": "classification", "labels": info["labels"], "dataset": info["dataset"],
+                "trained_by": "training/train.py (SageMaker script mode)",
+                "test_accuracy": model["accuracy"]}
+    if model.get("preprocess"):
+        metadata["preprocess"] = model["preprocess"]
+    return metadata
+
+
 def compile_models(workdir: Path, trained: dict, targets: list[str], rep: Reporter) -> dict:
     from neo_edge_runtime.compile.compiler import compile_model
+    from neo_edge_runtime.compile.signing import FileSigner
+
+    signer = FileSigner(signing_key(workdir)[0])
 
     info = trained["info"]
     out: dict = {}
@@ -248,19 +294,14 @@ def compile_models(workdir: Path, trained: dict, targets: list[str], rep: Report
         try:
             for kind, target in jobs:
                 model = info["models"][kind]
-                metadata = {"task": "classification", "labels": info["labels"],
-                            "dataset": info["dataset"],
-                            "trained_by": "training/train.py (SageMaker script mode)",
-                            "test_accuracy": model["accuracy"]}
-                if model.get("preprocess"):
-                    metadata["preprocess"] = model["preprocess"]
+                metadata = _model_metadata(info, kind)
                 t0 = time.perf_counter()
                 try:
                     folder = compile_model(
                         trained["model_dir"] / model["file"], target,
                         workdir / "compiled" / f"{MODEL_NAMES[kind]}-{target}",
                         framework=model["framework"], name=MODEL_NAMES[kind], version="1.0.0",
-                        metadata=metadata)
+                        metadata=metadata, signer=signer)
                 except Exception as exc:
                     raise LocalModeError(f"compiling {kind} for {target} failed: {exc}\n"
                                          f"{_tail(log)}") from exc
@@ -368,7 +409,13 @@ def package(workdir: Path, compiled: dict, targets: list[str], threads: int,
         recipe = gg.inference_recipe(
             component_name=name, platforms=platforms,
             description=f"neo-edge local mode: {MODEL_NAMES[kind]} on the TVM runtime",
-            configuration={"threadCount": threads})
+            configuration={"threadCount": threads,
+                           "signingPublicKey": signing_key(workdir)[1].read_text(),
+                           # Each result at once: the simulated caller waits for each one.
+                           "resultsBatchSeconds": 0,
+                           # Inputs of a tenth of the requests, and of the notable ones, for
+                           # retraining; "uploaded" into a folder standing for the bucket.
+                           **CAPTURE_CONFIGURATION(workdir)})
         version = recipe["ComponentVersion"]
         art_dir = root / "artifacts" / name / version
         art_dir.mkdir(parents=True)
@@ -548,13 +595,17 @@ def install_component(workdir: Path, component: dict, rep: Reporter,
 
 
 def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Reporter,
-                  label: str) -> dict:
+                  label: str, updates: Optional[list[dict]] = None) -> dict:
     """Run the recipe's Run script; its Python serves ``requests`` through a fake IPC client.
 
     The script must start the handler with the Python of the component's virtual
     environment (``exec env ... <work>/venv/bin/python3 -u <handler>``); that Python runs
     this file's ``--device-run`` in front of the handler, which gives the handler a fake
     IPC client.
+
+    ``updates`` (:func:`rollout_updates`): configuration updates delivered one after the
+    other once ``requests`` are served, each followed by requests (``requests`` again,
+    under new ids) until the device's final decision on the version it names.
     """
     name, paths = installed["name"], installed["paths"]
     lifecycle = installed["manifest"]["Lifecycle"]
@@ -570,11 +621,15 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
     sim.mkdir(parents=True, exist_ok=True)
     requests_path, results_path = sim / "requests.jsonl", sim / "results.jsonl"
     stats_path, log = sim / "stats.json", workdir / "logs" / f"{name}-run.log"
+    updates_path = sim / "updates.json"
     with open(requests_path, "w") as f:
         for r in requests:
             f.write(json.dumps(r) + "\n")
-    for p in (results_path, stats_path):
+    for p in (results_path, stats_path, updates_path, sim / "summaries.jsonl",
+              sim / "rollouts.jsonl"):
         p.unlink(missing_ok=True)
+    if updates:
+        updates_path.write_text(json.dumps(updates))
     bare_bin = installed.get("bare_bin") or bare_interpreter(workdir)
     env = {"PATH": device_environment(bare_bin)["PATH"],
            "HOME": os.environ.get("HOME", str(sim)), "LANG": "C.UTF-8",
@@ -582,6 +637,8 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
            "NEO_EDGE_LOCAL_REQUESTS": str(requests_path), "NEO_EDGE_LOCAL_RESULTS": str(results_path),
            "NEO_EDGE_LOCAL_STATS": str(stats_path),
            "NEO_EDGE_LOCAL_CONFIGURATION": json.dumps(installed["configuration"]),
+           "NEO_EDGE_LOCAL_UPDATES": str(updates_path) if updates else "",
+           "NEO_EDGE_LOCAL_COMPONENT": name,
            "NEO_EDGE_RELOAD_CHECK_SECONDS": "3600",
            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
     # Setenv: the values go into the environment as they are, as the nucleus does.
@@ -592,7 +649,8 @@ def run_component(workdir: Path, installed: dict, requests: list[dict], rep: Rep
                                 stdout=out, stderr=subprocess.STDOUT)
         bar = rep.progress(len(requests), label)
         done = 0
-        deadline = time.monotonic() + 120 + 0.5 * len(requests)
+        deadline = (time.monotonic() + 120 + 0.5 * len(requests)
+                    + sum(30 + 0.1 * u["max_requests"] for u in updates or ()))
         try:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
@@ -647,7 +705,8 @@ def _device_run(argv: list[str]) -> int:
     requests = [json.loads(line) for line in
                 Path(os.environ["NEO_EDGE_LOCAL_REQUESTS"]).read_text().splitlines() if line]
     ipc = _LocalIpc(Path(os.environ["NEO_EDGE_LOCAL_RESULTS"]),
-                    json.loads(os.environ.get("NEO_EDGE_LOCAL_CONFIGURATION", "{}")))
+                    json.loads(os.environ.get("NEO_EDGE_LOCAL_CONFIGURATION", "{}")),
+                    rollout_topic=os.environ.get("NEO_EDGE_ROLLOUT_TOPIC", ""))
     stop = threading.Event()
     outcome: dict = {}
 
@@ -675,12 +734,23 @@ def _device_run(argv: list[str]) -> int:
             stop.set()
             return 1
         end_to_end.append((time.perf_counter() - t0) * 1000.0)
+    model_latency = model.latency_stats()  # the test set's, before any update
+    rollout = None
+    if os.environ.get("NEO_EDGE_LOCAL_UPDATES"):
+        updates = json.loads(Path(os.environ["NEO_EDGE_LOCAL_UPDATES"]).read_text())
+        pool = [r for r in requests if r.get("request_id") != "bad-request"]
+        try:
+            rollout = [_deliver_update(ipc, service, pool, update) for update in updates]
+        except TimeoutError as exc:
+            print(str(exc), file=sys.stderr)
+            stop.set()
+            return 1
     stop.set()
     server.join(60)
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
     import neo_edge_runtime
 
-    stats = {"model_latency": model.latency_stats(), "end_to_end_ms": end_to_end,
+    stats = {"model_latency": model_latency, "end_to_end_ms": end_to_end, "rollout": rollout,
              "threads": service.settings.num_threads, "input_topic": service.settings.input_topic,
              "results_topic": service.settings.results_topic,
              "errors_topic": service.settings.errors_topic,
@@ -693,22 +763,134 @@ def _device_run(argv: list[str]) -> int:
     return int(outcome.get("rc") or 0)
 
 
+def _deliver_update(ipc: "_LocalIpc", service: Any, pool: list[dict], update: dict) -> dict:
+    """One configuration update as the nucleus delivers it (the new configuration, then the
+    update event on the handler's subscription), then requests from ``pool``, one at a
+    time, until the device's final decision on the version the update names."""
+    version = update["version"]
+    before = len(ipc.rollouts)
+    ipc.configuration = {**ipc.configuration, **update["configuration"]}
+    ipc.update_configuration()
+    candidate = service.store.candidate
+    staged = getattr(candidate, "version", None)
+    answered_by: dict = {}
+    sent = 0
+    t0 = time.perf_counter()
+
+    def final() -> bool:
+        return any(m.get("model_version") == version and m.get("decision") in ROLLOUT_FINAL
+                   for m in ipc.rollouts[before:])
+
+    while not final() and sent < update["max_requests"]:
+        payload = dict(pool[sent % len(pool)], request_id=f"rollout-{version}-{sent:05d}")
+        expected = ipc.published + 1
+        ipc.on_request(SimpleNamespace(binary_message=None,
+                                       json_message=SimpleNamespace(message=payload)))
+        sent += 1
+        if not ipc.wait_for(expected, timeout=60):
+            raise TimeoutError(f"no result for {payload['request_id']} within 60s")
+        service.queue.join()  # served, and the rollout's bookkeeping of it done
+        answer = ipc.last_result
+        key = answer.get("model_version") if "error" not in answer else "error"
+        answered_by[key] = answered_by.get(key, 0) + 1
+    store_versions = sorted(p.name for p in (Path(service.store.root) / "versions").iterdir())
+    return {"version": version, "staged": staged, "requests": sent, "answered_by": answered_by,
+            "decisions": ipc.rollouts[before:], "serving": service.model.version,
+            "store_versions": store_versions, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def retrain_on_captures(workdir: Path, trained: dict, rep: Reporter) -> dict:
+    """The loop closed: the XGBoost device's captured inputs, labelled, retrain the model.
+
+    The device uploaded its captures (label column empty, prediction and model version in
+    the sidecar) under ``<workdir>/bucket/captured/``; here the test set's labels stand in
+    for a labelling job (:func:`neo_edge_runtime.telemetry.label_captures`), the labelled
+    rows join the training channel, and ``training/train.py`` runs again on it, evaluated
+    on the test rows that were not captured.
+    """
+    import numpy as np
+
+    from neo_edge_runtime.telemetry import label_captures
+
+    sys.path.insert(0, str(TRAIN_SCRIPT.parent))
+    try:
+        import train as training
+    finally:
+        sys.path.remove(str(TRAIN_SCRIPT.parent))
+    captured = workdir / "bucket" / "captured" / f"model={MODEL_NAMES['xgboost'].replace('-', '_')}"
+    if not list(captured.glob("*.csv")):
+        raise LocalModeError(f"the device captured nothing under {captured}")
+    x_test, y_test = training.read_channel(trained["channels"]["test"])
+    labels = {f"test-{i:05d}": int(y) for i, y in enumerate(y_test)}
+    retrain = workdir / "retrain"
+    shutil.rmtree(retrain, ignore_errors=True)
+    channel, test = retrain / "train", retrain / "test"
+    counts = label_captures(str(captured), labels, str(channel))
+    shutil.copy(Path(trained["channels"]["train"]) / "digits.csv", channel / "digits.csv")
+    used = set()
+    for side in captured.glob("*.jsonl"):
+        used |= {json.loads(line)["request_id"] for line in side.read_text().splitlines() if line}
+    keep = [i for i in range(len(y_test)) if f"test-{i:05d}" not in used]
+    test.mkdir(parents=True)
+    np.savetxt(test / "digits.csv", np.column_stack([y_test[keep], x_test[keep]]), delimiter=",",
+               fmt="%g")
+    model_dir, output_dir = retrain / "model", retrain / "output"
+    model_dir.mkdir()
+    output_dir.mkdir()
+    hyper = dict(trained["hyperparameters"], model="xgboost")
+    argv = [a for k, v in hyper.items() for a in (f"--{k}", str(v))]
+    env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(output_dir),
+           "SM_CHANNEL_TRAIN": str(channel), "SM_CHANNEL_TEST": str(test),
+           "SM_HPS": json.dumps(hyper)}
+    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *argv], env=env, cwd=retrain,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise LocalModeError(f"retraining on the captured data failed:\n{proc.stderr[-3000:]}")
+    info = json.loads((model_dir / "model_info.json").read_text())
+    accuracy = info["models"]["xgboost"].get("accuracy")
+    rep.detail(f"retraining: {counts['labelled']} captured rows labelled (of {counts['rows']}) "
+               f"joined the training channel; XGBoost retrained, accuracy {accuracy} on the "
+               f"{len(keep)} test rows not captured")
+    return {"captured": counts, "channel": str(channel), "accuracy": accuracy,
+            "evaluated_on": len(keep)}
+
+
 class _LocalIpc:
     """The part of ``GreengrassCoreIPCClientV2`` that edge_inference uses, in one process."""
 
-    def __init__(self, results: Path, configuration: dict) -> None:
+    def __init__(self, results: Path, configuration: dict, rollout_topic: str = "") -> None:
         self._results = open(results, "w")
         self._cond = threading.Condition()
         self.published = 0
+        self.last_result: dict = {}
         self.on_request: Optional[Callable[[Any], None]] = None
+        self.on_configuration: Optional[Callable[[Any], None]] = None
         self.configuration = configuration
+        self.rollout_topic = rollout_topic
+        #: The rollout decisions published (also in rollouts.jsonl beside the results).
+        self.rollouts: list[dict] = []
 
     def publish_to_iot_core(self, *, topic_name: str, qos: Any, payload: bytes) -> None:
-        line = json.dumps({"topic": topic_name, "qos": str(qos), "message": json.loads(payload)})
+        message = json.loads(payload)
+        if self.rollout_topic and topic_name == self.rollout_topic:
+            with open(Path(self._results.name).with_name("rollouts.jsonl"), "a") as f:
+                f.write(json.dumps({"topic": topic_name, "message": message}) + "\n")
+            self.rollouts.append(message)
+            return
+        # A batch of results (neo_edge_runtime.telemetry): one line per result; a summary:
+        # kept apart (summaries.jsonl beside the results), not counted as a result.
+        results = message.get("results") if isinstance(message, dict) else None
+        if results is None:
+            with open(Path(self._results.name).with_name("summaries.jsonl"), "a") as f:
+                f.write(json.dumps({"topic": topic_name, "message": message}) + "\n")
+            return
         with self._cond:
-            self._results.write(line + "\n")
+            for result in results:
+                self._results.write(json.dumps({"topic": topic_name, "qos": str(qos),
+                                                "message": result}) + "\n")
+                self.published += 1
+                self.last_result = result
             self._results.flush()
-            self.published += 1
             self._cond.notify_all()
 
     def wait_for(self, count: int, timeout: float) -> bool:
@@ -723,7 +905,17 @@ class _LocalIpc:
 
     def subscribe_to_configuration_update(self, *, key_path, on_stream_event, on_stream_error=None,
                                           on_stream_closed=None) -> tuple:
+        self.on_configuration = on_stream_event
         return SimpleNamespace(), SimpleNamespace()
+
+    def update_configuration(self) -> None:
+        """What the nucleus does when a deployment changes the component's configuration:
+        the subscribers get a ``ConfigurationUpdateEvents`` naming the key path (the
+        configuration itself is read back with ``get_configuration``)."""
+        if self.on_configuration is None:
+            raise RuntimeError("the handler did not subscribe to configuration updates")
+        self.on_configuration(SimpleNamespace(configuration_update_event=SimpleNamespace(
+            component_name=os.environ.get("NEO_EDGE_LOCAL_COMPONENT", ""), key_path=[])))
 
     def get_configuration(self, *, key_path) -> Any:
         return SimpleNamespace(value=self.configuration)
@@ -764,7 +956,13 @@ def _ort_latency(onnx_path: Path, inputs: list, threads: int, repeats: int) -> t
 
 
 def simulate_device(workdir: Path, trained: dict, components: dict, threads: int,
-                    rep: Reporter) -> dict:
+                    rep: Reporter, rollout: Optional[list[dict]] = None) -> dict:
+    """Install and run each component on the simulated core; serve the test set through it.
+
+    ``rollout`` (:func:`rollout_versions`): new versions of the MLP, delivered to its
+    device once it has served the test set (:func:`rollout_updates`) and checked
+    (:func:`check_rollout`); the outcome is the MLP entry's ``rollout``.
+    """
     import numpy as np
 
     sys.path.insert(0, str(TRAIN_SCRIPT.parent))
@@ -800,7 +998,9 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
                 str(trained["model_dir"] / info["file"]))).SerializeToString())
         # One request the handler must refuse, on the errors topic, without stopping.
         requests.append({"request_id": "bad-request", "data": [1.0, 2.0, 3.0]})
-        ran = run_component(workdir, installed, requests, rep, f"{MODEL_NAMES[kind]} requests")
+        updates = rollout_updates(installed, rollout) if kind == "mlp" and rollout else None
+        ran = run_component(workdir, installed, requests, rep, f"{MODEL_NAMES[kind]} requests",
+                            updates=updates)
         stats = ran["stats"]
         by_id = {m["message"]["request_id"]: m for m in ran["published"]}
         results_topic, errors_topic = stats["results_topic"], stats["errors_topic"]
@@ -863,6 +1063,11 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
         if score_diff > 1e-4:
             raise LocalModeError(f"{kind}: top-class scores differ from ONNX Runtime's by "
                                  f"{score_diff:.2e} (> 1e-4)")
+        if updates:
+            rep.detail(f"new versions delivered to the {MODEL_NAMES[kind]} device (configuration "
+                       f"updates: modelPath, "
+                       + ", ".join(f"{k} {v}" for k, v in ROLLOUT_CONFIGURATION.items()) + "):")
+            entry["rollout"] = check_rollout(stats["rollout"] or [], rollout, rep)
     rep.line("")
     rep.detail(f"{'model':<16}{'accuracy':>9}  {'TVM p50/p90 ms':>16}  {'ORT p50/p90 ms':>16}  "
                f"{'handler p50/p90 ms':>19}   ({threads} thread{'s' if threads != 1 else ''})")
@@ -874,6 +1079,162 @@ def simulate_device(workdir: Path, trained: dict, components: dict, threads: int
                    f"{lat['handler']['p50_ms']:>8.3f} /{lat['handler']['p90_ms']:>8.3f}")
     rep.detail("(TVM: the model call on the device; ORT: ONNX Runtime on the same tensors; "
                "handler: request in to result published, decoding and preprocessing included)")
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# 4b. New versions of the serving model, health-gated on the device
+
+#: The versions rolled out to the simulated device once the first one has served its test
+#: set: ``(version, how it was made, the shadow decision it must get)``. Both are the trained
+#: MLP with its weights changed, compiled and signed as the first one was.
+ROLLOUT_VERSIONS = (
+    ("1.1.0", "weights perturbed by noise of twice their spread", "reject"),
+    ("1.2.0", "weights rounded to half precision", "promote"),
+)
+#: The rollout settings each version arrives with (a configuration update:
+#: ``neo_edge_runtime.rollout.RolloutConfig``'s keys): half of the requests in shadow, a
+#: decision after 30 paired requests, a health watch of 30 requests after a promotion, so
+#: that the whole rollout takes a few seconds. ``latencySlackMs`` is wider than its default
+#: (1 ms): this machine runs other work beside the demo, and a scheduling hiccup must not
+#: be what decides.
+ROLLOUT_CONFIGURATION = {"shadowShare": 0.5, "shadowRequests": 30, "shadowMinRequests": 30,
+                         "healthRequests": 30, "healthMinRequests": 10, "latencySlackMs": 5}
+#: Requests the device may take for one version before its rollout counts as stuck.
+ROLLOUT_MAX_REQUESTS = 400
+#: The decisions that end a version's rollout on the device.
+ROLLOUT_FINAL = ("reject", "healthy", "rollback")
+
+
+def changed_mlp(source: Path, dest: Path, how: str) -> Path:
+    """The trained MLP's ONNX graph with its weights changed (``how``, from
+    :data:`ROLLOUT_VERSIONS`): noise of twice each weight matrix's spread (a version that
+    loads, runs and gives finite scores, mostly for the wrong digit: what a bad export or
+    a training run gone wrong ships), or every initializer rounded to half precision and
+    back (a new version that answers as the current one does)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    rng = np.random.default_rng(19)
+    for tensor in model.graph.initializer:
+        array = numpy_helper.to_array(tensor).astype(np.float32)
+        if how.startswith("weights perturbed") and array.ndim == 2:
+            array = array + rng.normal(scale=2.0 * float(array.std()), size=array.shape)
+        elif how.startswith("weights rounded"):
+            array = array.astype(np.float16)
+        tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), tensor.name))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest))
+    return dest
+
+
+def rollout_versions(workdir: Path, trained: dict, rep: Reporter) -> list[dict]:
+    """The new versions of :data:`ROLLOUT_VERSIONS`, compiled for this host and signed."""
+    from neo_edge_runtime.compile.compiler import compile_model
+    from neo_edge_runtime.compile.signing import FileSigner
+
+    info = trained["info"]
+    source = trained["model_dir"] / info["models"]["mlp"]["file"]
+    signer = FileSigner(signing_key(workdir)[0])
+    log = workdir / "logs" / "compile-rollout.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    out = []
+    t0 = time.perf_counter()
+    with stderr_to(log):
+        for version, how, expected in ROLLOUT_VERSIONS:
+            onnx_path = changed_mlp(source, workdir / "rollout" / f"mlp-{version}.onnx", how)
+            metadata = {k: v for k, v in _model_metadata(info, "mlp").items()
+                        if k != "test_accuracy"}
+            metadata["changed_from"] = f"1.0.0: {how}"
+            try:
+                folder = compile_model(
+                    onnx_path, "host", workdir / "compiled" / f"{MODEL_NAMES['mlp']}-{version}-host",
+                    framework=info["models"]["mlp"]["framework"], name=MODEL_NAMES["mlp"],
+                    version=version, metadata=metadata, signer=signer)
+            except Exception as exc:
+                raise LocalModeError(f"compiling version {version} of the MLP failed: {exc}\n"
+                                     f"{_tail(log)}") from exc
+            out.append({"version": version, "how": how, "expected": expected,
+                        "path": str(folder)})
+    rep.detail(f"new versions of {MODEL_NAMES['mlp']} compiled for host in "
+               f"{time.perf_counter() - t0:.1f}s: "
+               + "; ".join(f"{v['version']}, {v['how']}" for v in out))
+    return out
+
+
+def rollout_updates(installed: dict, versions: list[dict]) -> list[dict]:
+    """Each new version as the device gets it: its folder in the component's work folder
+    (where a deployment's artifacts land, and where a configured ``modelPath`` may point),
+    and a configuration update naming it, with :data:`ROLLOUT_CONFIGURATION`."""
+    updates = []
+    for v in versions:
+        dest = installed["paths"]["work"] / "updates" / f"{MODEL_NAMES['mlp']}-{v['version']}"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(v["path"], dest)
+        updates.append({"version": v["version"], "max_requests": ROLLOUT_MAX_REQUESTS,
+                        "configuration": {**ROLLOUT_CONFIGURATION, "modelPath": str(dest)}})
+    return updates
+
+
+def check_rollout(outcomes: list[dict], versions: list[dict], rep: Reporter) -> list[dict]:
+    """Print each version's shadow decision; fail unless each got the expected one, the
+    rejected one answered no caller and the promoted one serves."""
+    if len(outcomes) != len(versions):
+        raise LocalModeError(f"the device reports {len(outcomes)} rollouts of the "
+                             f"{len(versions)} versions delivered")
+    report = []
+    for v, outcome in zip(versions, outcomes):
+        decisions = [m for m in outcome["decisions"] if m.get("model_version") == v["version"]]
+        shadow = next((m for m in decisions if m.get("event") == "shadow"), None)
+        health = next((m for m in decisions if m.get("event") == "health"), None)
+        if shadow is None:
+            raise LocalModeError(f"version {v['version']} got no shadow decision in "
+                                 f"{outcome['requests']} requests: {outcome}")
+        f = shadow["figures"]
+
+        def pair(a: Any, b: Any, fmt: str) -> str:
+            return "/".join("n/a" if x is None else format(x, fmt) for x in (a, b))
+
+        answered = outcome["answered_by"].get(v["version"], 0)
+        rep.detail(
+            f"{shadow['model_version']} ({v['how']}) in shadow beside "
+            f"{shadow['baseline_version']}: {f['requests']} paired requests, top-1 agreement "
+            f"{f['agreement']:.3f}, error rate {pair(f['error_rate_candidate'], f['error_rate_current'], '.3f')}, "
+            f"latency p90 {pair(f['latency_p90_candidate_ms'], f['latency_p90_current_ms'], '.3f')} ms "
+            f"(new/serving) -> {shadow['decision']}"
+            + (f" ({'; '.join(shadow['reasons'])})" if shadow["reasons"] else ""))
+        rep.detail(f"  callers answered by {v['version']}: {answered} of {outcome['requests']}"
+                   + (f"; health watch: {health['decision']} after "
+                      f"{health['figures']['requests']} requests" if health else "")
+                   + f"; serving now: {outcome['serving']} ({outcome['seconds']:.1f}s)")
+        entry = {"version": v["version"], "how": v["how"], "decision": shadow["decision"],
+                 "reasons": shadow["reasons"], "figures": f,
+                 "health": health["decision"] if health else None,
+                 "requests": outcome["requests"], "answered": answered,
+                 "answered_by": outcome["answered_by"], "serving": outcome["serving"],
+                 "staged": outcome["staged"], "store_versions": outcome["store_versions"],
+                 "seconds": outcome["seconds"]}
+        report.append(entry)
+        if shadow["decision"] != v["expected"]:
+            raise LocalModeError(f"version {v['version']} ({v['how']}) was to be "
+                                 f"{v['expected']}d in shadow; the device decided "
+                                 f"{shadow['decision']}: {shadow['reasons']}")
+        if outcome["staged"] != v["version"]:
+            raise LocalModeError(f"version {v['version']} was not staged beside the serving "
+                                 f"one (candidate: {outcome['staged']})")
+        if v["expected"] == "reject" and (
+                answered or outcome["serving"] == v["version"]
+                or any(n.startswith(f"{v['version']}-") for n in outcome["store_versions"])):
+            raise LocalModeError(f"rejected version {v['version']} answered {answered} callers "
+                                 f"or is still in the store: {entry}")
+        if v["expected"] == "promote" and (
+                health is None or health["decision"] != "healthy" or not answered
+                or outcome["serving"] != v["version"]):
+            raise LocalModeError(f"promoted version {v['version']} does not serve healthy: "
+                                 f"{entry}")
     return report
 
 
@@ -964,7 +1325,10 @@ def run(args: argparse.Namespace) -> dict:
             summary["components"] = components
         with rep.step("device", "Device: the recipe's install and run lifecycle on a simulated "
                                 f"core ({device_platform()['architecture']})"):
-            summary["device"] = simulate_device(workdir, trained, components, args.threads, rep)
+            versions = rollout_versions(workdir, trained, rep)
+            summary["device"] = simulate_device(workdir, trained, components, args.threads, rep,
+                                                rollout=versions)
+            summary["retraining"] = retrain_on_captures(workdir, trained, rep)
         with rep.step("synth", f"Synth: app.py to {args.cdk_out}"):
             summary["synth"] = synth(args.cdk_out.resolve(), rep)
         summary["ok"] = True

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 LABELS = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18", "squeezenet": "SqueezeNet 1.1",
-          "mlp": "MLP", "xgboost": "XGBoost"}
+          "mlp": "MLP", "xgboost": "XGBoost",
+          # the corpus (torch.onnx dynamo exporter, skl2onnx)
+          "resnet": "ResNet-18 (torch)", "mobilenet_v3_small": "MobileNetV3-S (torch)",
+          "efficientnet_b0": "EfficientNet-B0 (torch)", "yolo": "YOLO-style (torch)",
+          "unet": "U-Net (torch)", "kws_gru": "KWS GRU (torch)", "kws_lstm": "KWS LSTM (torch)",
+          "sensor_cnn": "Sensor CNN (torch)", "vit": "ViT-Ti/16 (torch)",
+          "scaler_logistic_regression": "Scaler+LogReg (skl2onnx)",
+          "random_forest": "RandomForest (skl2onnx)",
+          "scaler_mlp_regressor": "Scaler+MLP (skl2onnx)"}
+
+
+def trials_cell(entry: dict, machine: dict) -> str:
+    """The tuning column: the trials, and which CPU measured them where that is not the
+    one measured on now (its schedules still apply: see ``compiler._tuning_key``)."""
+    trials = entry.get("tuning_trials")
+    if not trials:
+        return "untuned"
+    others = [c for c in entry.get("tuned_on", []) if c != machine.get("llvm_cpu")]
+    return f"{trials} (tuned on {', '.join(others)})" if others else str(trials)
+
+
+def geomean_ratios(results: dict) -> dict:
+    """{threads: geometric mean of TVM/ORT over the models measured with both}."""
+    by_threads: dict = {}
+    for entry in results["models"].values():
+        for run in entry.get("runs", []):
+            if run.get("ratio_tvm_over_ort"):
+                by_threads.setdefault(str(run["threads"]), []).append(run["ratio_tvm_over_ort"])
+    return {t: {"geomean": math.exp(sum(map(math.log, rs)) / len(rs)), "models": len(rs)}
+            for t, rs in by_threads.items()}
 
 
 def _ms(v: float) -> str:
@@ -38,7 +68,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, entry in results["models"].items():
-        for run in entry["runs"]:
+        for run in entry.get("runs", []):
             tvm, ort = run["tvm"], run.get("ort")
             diff = run.get("max_abs_diff_vs_ort")
             cells = [
@@ -51,10 +81,19 @@ def markdown(results: dict) -> str:
                 else f"{tvm['cold_start_ms']:.0f} / -",
                 f"{tvm['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f}" if ort
                 else f"{tvm['peak_rss_mb']:.0f} / -",
-                str(entry["tuning_trials"]) if entry["tuning_trials"] else "untuned",
+                trials_cell(entry, m),
                 _verdict(name, entry, run),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    geomean = results.get("geomean_tvm_over_ort") or geomean_ratios(results)
+    if geomean:
+        lines.append("\nGeometric mean of TVM/ORT: " + ", ".join(
+            f"{g['geomean']:.2f}x over {g['models']} models at {t} thread{'s' * (t != '1')}"
+            for t, g in geomean.items()) + ".")
+    failed = {n: e["error"] for n, e in results["models"].items() if e.get("error")}
+    if failed:
+        lines.append("\nDid not compile: " + "; ".join(
+            f"{LABELS.get(n, n)}: {msg}" for n, msg in failed.items()) + ".")
     size = results.get("install_size", {})
     if size.get("bundle_bytes"):
         line = (f"\nInstall size on the device: the neo-edge runtime bundle "
@@ -65,7 +104,8 @@ def markdown(results: dict) -> str:
         lines.append(line + ".")
     behind = {LABELS.get(n, n): max(r.get("ratio_tvm_over_ort", 0) for r in e["runs"])
               for n, e in results["models"].items()
-              if e["kind"] == "cnn" and any(r.get("ratio_tvm_over_ort", 0) > 1 for r in e["runs"])}
+              if e["kind"] == "cnn" and any(r.get("ratio_tvm_over_ort", 0) > 1
+                                            for r in e.get("runs", []))}
     if behind:
         lines.append(
             "\nCNNs behind ORT: " + ", ".join(f"{n} (up to {r:.2f}x)" for n, r in behind.items())
@@ -94,7 +134,7 @@ def chart(results: dict, path: Path) -> None:
     import numpy as np
 
     tvm_c, ort_c = "#2b6cb0", "#c05621"
-    names = list(results["models"])
+    names = [n for n, e in results["models"].items() if e.get("runs")]
     threads = results["threads"]
     fig = plt.figure(figsize=(13, 8.5), constrained_layout=True)
     grid = fig.add_gridspec(2, 3, height_ratios=[1.25, 1])

@@ -2,9 +2,11 @@
 
 ``make bench`` (or ``python -m benchmarks.run``) builds the zoo (MobileNetV2, ResNet-18,
 SqueezeNet 1.1 at 224x224, an MLP, and an XGBoost classifier trained on sklearn's
-digits), compiles each for ``--target`` (default: this machine), applying the tuning
-databases shipped in ``benchmarks/tuning/``, and measures TVM and ONNX Runtime on the
-same input with the same thread count, each in fresh processes:
+digits) and the corpus of exported models at full size (:mod:`neo_edge_runtime.compile
+.corpus`: PyTorch's dynamo exporter and skl2onnx), compiles each for ``--target``
+(default: this machine), applying the tuning databases shipped in ``benchmarks/tuning/``,
+and measures TVM and ONNX Runtime on the same input with the same thread count, each in
+fresh processes (a model that does not compile is reported with the compiler's message):
 
 - latency: median and p90 over alternating rounds of TVM and ORT processes, and the
   ratio TVM/ORT of the medians;
@@ -12,7 +14,8 @@ same input with the same thread count, each in fresh processes:
   imports, load and one inference);
 - peak RSS (``ru_maxrss``) of a process that only loads and runs the model;
 - accuracy: max abs difference of the outputs against ORT's;
-- install size: the device bundle against the installed onnxruntime package.
+- install size: the device bundle against the installed onnxruntime package;
+- the geometric mean of TVM/ORT over the models, per thread count.
 
 Writes ``benchmarks/results/<host>.json``, ``.md`` and ``.png``. The same command runs on
 an ARM or NVIDIA device (``--target rasp4b``, ``--target jetson_xavier``): the target is
@@ -47,7 +50,12 @@ TUNING = BENCH / "tuning"
 BUILD = ROOT / "build" / "bench"
 
 CNNS = ("mobilenet_v2", "resnet18", "squeezenet")
-MODELS = CNNS + ("mlp", "xgboost")
+ZOO_MODELS = CNNS + ("mlp", "xgboost")
+#: The corpus (neo_edge_runtime.compile.corpus), named as there.
+CORPUS_MODELS = ("resnet", "mobilenet_v3_small", "efficientnet_b0", "yolo", "unet", "kws_gru",
+                 "kws_lstm", "sensor_cnn", "vit", "scaler_logistic_regression",
+                 "random_forest", "scaler_mlp_regressor")
+MODELS = ZOO_MODELS + CORPUS_MODELS
 IMAGE = 224
 
 
@@ -62,14 +70,17 @@ def _write_if_changed(path: Path, data: bytes) -> Path:
     return path
 
 
-def build_model(name: str, out: Path) -> dict:
-    """Write the model's source files; return {source, onnx, input, reference}.
+def build_model(name: str, out: Path, corpus_size: str = "full") -> dict:
+    """Write the model's source files; return {source, onnx, input, reference,
+    input_shapes}.
 
     ``source`` is what the compiler reads, ``onnx`` what ONNX Runtime runs (the same
     file, except for XGBoost: its ``.json`` and the ONNX lowering of it).
     """
     from neo_edge_runtime.compile import zoo
 
+    if name in CORPUS_MODELS:
+        return _build_corpus(name, out, corpus_size)
     if name == "xgboost":
         return _build_xgboost(out)
     if name == "mlp":
@@ -79,6 +90,25 @@ def build_model(name: str, out: Path) -> dict:
     onnx_path = _write_if_changed(out / f"{name}.onnx", model.SerializeToString())
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     return {"source": onnx_path, "onnx": onnx_path, "input": {"input": x}}
+
+
+def _build_corpus(name: str, out: Path, size: str) -> dict:
+    """A corpus model, exported again only when the corpus module or torch changed
+    (PyTorch's export of a full-size model takes seconds to a minute)."""
+    from neo_edge_runtime.compile import corpus
+
+    stamp = _stamp([Path(corpus.__file__)], f"{name}|{size}|{versions()}")
+    path, inputs, stamp_file = (out / f"{name}-{size}.onnx", out / f"{name}-{size}-input.npz",
+                                out / f"{name}-{size}.stamp")
+    if not (path.exists() and inputs.exists() and stamp_file.exists()
+            and stamp_file.read_text() == stamp):
+        exported = corpus.export(name, size, out)
+        np.savez(inputs, **exported.inputs)
+        stamp_file.write_text(stamp)
+    with np.load(inputs) as z:
+        x = {k: z[k] for k in z.files}
+    return {"source": path, "onnx": path, "input": x, "size": size,
+            "input_shapes": {k: list(v.shape) for k, v in x.items()}}
 
 
 def _build_xgboost(out: Path) -> dict:
@@ -129,6 +159,11 @@ def _stamp(files: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
+#: The compiler's modules an artifact depends on (a change recompiles it).
+COMPILER_MODULES = ("compiler.py", "generic.py", "schedules.py", "winograd.py", "_tiling.py",
+                    "onnx_static.py", "rnn.py")
+
+
 def compile_one(name: str, src: dict, target: str, tune_trials: int, log) -> tuple[Path, dict]:
     """The artifact folder for ``name`` (recompiled only when an input changed)."""
     from neo_edge_runtime.compile import compiler
@@ -141,21 +176,24 @@ def compile_one(name: str, src: dict, target: str, tune_trials: int, log) -> tup
     use_db = db is not None and (tune_trials > 0 or (db / "database_tuning_record.json").exists())
     db_files = [db / "database_tuning_record.json", db / "database_workload.json",
                 db / compiler.TUNING_MARKER] if use_db else []
-    stamp_inputs = [Path(src["source"]), Path(compiler.__file__), *db_files]
-    stamp = _stamp(stamp_inputs, f"{target}|{tune_trials}")
+    shapes = src.get("input_shapes")
+    # The compiler and the modules whose passes and schedules shape its output.
+    code = [Path(compiler.__file__).with_name(f) for f in COMPILER_MODULES]
+    stamp_inputs = [Path(src["source"]), *code, *db_files]
+    stamp = _stamp(stamp_inputs, f"{target}|{tune_trials}|{shapes}")
     stamp_file = BUILD / target / f"{name}.stamp"
     if out.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         log(f"{name}: artifact is up to date")
     else:
         t = time.perf_counter()
-        compiler.compile_model(src["source"], target, out, name=name,
+        compiler.compile_model(src["source"], target, out, name=name, input_shapes=shapes,
                                tune_trials=tune_trials if use_db else 0,
                                tuning_db=db if use_db else None, progress=tune_trials > 0,
                                log=lambda m: log(f"{name}: {m}"))
         log(f"{name}: compiled in {time.perf_counter() - t:.0f}s")
         if use_db:  # tuning may have added records: the stamp covers the database after
-            stamp = _stamp([Path(src["source"]), Path(compiler.__file__), *db_files],
-                           f"{target}|{tune_trials}")
+            stamp = _stamp([Path(src["source"]), *code, *db_files],
+                           f"{target}|{tune_trials}|{shapes}")
         stamp_file.write_text(stamp)
     manifest = json.loads((out / "manifest.json").read_text())
     return out, manifest
@@ -286,7 +324,10 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict:
+    from neo_edge_runtime.compile.compiler import host_cpu
+
     info = {"host": platform.node(), "machine": platform.machine(), "cpu": _cpu_model(),
+            "llvm_cpu": host_cpu(),
             "physical_cores": physical_cores(), "logical_cores": os.cpu_count(),
             "os": platform.platform(), "python": platform.python_version()}
     try:
@@ -373,6 +414,8 @@ def parse_args(argv=None):
                    help="results file name (default: this machine's host name)")
     p.add_argument("--no-ort", action="store_true",
                    help="measure TVM only (a device without onnxruntime)")
+    p.add_argument("--corpus-size", choices=("small", "full"), default="full",
+                   help="size of the corpus models (default: full; small is the tests' size)")
     return p.parse_args(argv)
 
 
@@ -401,27 +444,40 @@ def main(argv=None) -> int:
                "machine": machine_info(), "versions": versions(), "threads": threads,
                "settings": {"runs": args.runs, "rounds": args.rounds,
                             "min_seconds": args.min_seconds, "image": IMAGE, "batch": 1,
-                            "dtype": "float32"},
+                            "dtype": "float32", "corpus_size": args.corpus_size},
                "command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:]),
                "install_size": install_sizes(),
                "tvm_runtime_from": "device bundle",
                "models": {}}
     started = time.time()
+    from neo_edge_runtime.compile.corpus import CORPUS
+    from neo_edge_runtime.errors import CompileError
+
     for name in models:
-        src = build_model(name, BUILD / "models")
+        src = build_model(name, BUILD / "models", args.corpus_size)
         inputs = BUILD / "models" / f"{name}-input.npz"
         np.savez(inputs, **src["input"])
+        kind = "cnn" if name in CNNS else f"corpus ({CORPUS[name].task})" \
+            if name in CORPUS_MODELS else name
         if args.skip_compile:
             artifact = BUILD / args.target / name
             manifest = json.loads((artifact / "manifest.json").read_text())
         else:
-            artifact, manifest = compile_one(name, src, args.target, args.tune_trials, log)
+            try:
+                artifact, manifest = compile_one(name, src, args.target, args.tune_trials, log)
+            except CompileError as exc:  # reported, and the other models still measured
+                log(f"{name}: did not compile: {exc}")
+                results["models"][name] = {"kind": kind, "error": str(exc), "runs": []}
+                continue
             if args.compile_only:
                 continue
-        entry = {"kind": "cnn" if name in CNNS else name,
+        entry = {"kind": kind,
                  "tuning_trials": manifest["compile_options"]["tune_trials"],
+                 "tuned_on": manifest["compile_options"].get("tuned_on", []),
                  "weight_prepack": manifest["compile_options"]["weight_prepack"],
                  "inputs": manifest["inputs"], "runs": []}
+        if "size" in src:
+            entry["corpus_size"] = src["size"]
         for n in threads:
             r, outputs = measure(name, artifact, src["onnx"] if have_ort else None, inputs, n,
                                  tgt.device, args.runs, args.rounds, args.min_seconds, log)
@@ -431,6 +487,7 @@ def main(argv=None) -> int:
             entry["runs"].append(r)
         results["models"][name] = entry
     results["elapsed_s"] = round(time.time() - started, 1)
+    results["geomean_tvm_over_ort"] = report.geomean_ratios(results)
     if args.compile_only:
         log(f"compiled into {BUILD / args.target}")
         return 0

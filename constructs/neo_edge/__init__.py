@@ -7,7 +7,9 @@ Train once, run anywhere::
     NeoEdgePipeline(stack, "Digits", runtime_bundles={...}, ...)
 
 or part by part: :class:`ModelArtifactBucket`, :class:`TrainingJob`,
-:class:`NeoCompilationJob` / :class:`NeoCompilationSet`, :class:`CloudInferenceEndpoint`,
+:class:`EdgeCompilationJob` / :class:`EdgeCompilationSet` (neo-edge's compiler in AWS
+CodeBuild, for devices), :class:`NeoCompilationJob` / :class:`NeoCompilationSet` (SageMaker
+Neo, for endpoints), :class:`CloudInferenceEndpoint`,
 :class:`EdgeFleet`, :class:`EdgeInferenceComponent`, :class:`EdgeLambdaComponent`,
 :class:`EdgeDeployment`, :class:`EdgeTelemetry` and :class:`RetrainPipeline`. Target and
 framework choices (:class:`TargetDevice`, :class:`Framework`, ...) are backed by the same
@@ -38,6 +40,7 @@ from .choices import TargetPlatform  # noqa: F401
 from .training import TrainingJob  # noqa: F401
 from .compilation import NeoCompilationJob  # noqa: F401
 from .compilation import NeoCompilationSet  # noqa: F401
+from .edge_compilation import EdgeCompilationJob, EdgeCompilationSet  # noqa: F401
 from .endpoint import CloudInferenceEndpoint  # noqa: F401
 from .fleet import EdgeFleet  # noqa: F401
 from .component import CompiledModel, DeviceMount, EventSource, IsolationMode, VolumeMount  # noqa: F401
@@ -47,6 +50,8 @@ from .deployment import DeploymentComponent, EdgeDeployment  # noqa: F401
 from .telemetry import EdgeTelemetry  # noqa: F401
 from .retrain import RetrainPipeline, SageMakerJobStates  # noqa: F401
 from .pipeline import NeoEdgePipeline  # noqa: F401
+from .signing import ArtifactSigningKey  # noqa: F401
+from .canary import CanaryRollout  # noqa: F401
 from .choices import TargetError  # noqa: F401
 
 __all__ = [
@@ -54,7 +59,8 @@ __all__ = [
     "ICompilationOutput", "IEdgeComponent", "IEdgeDeployment", "IEdgeFleet",
     "IModelArtifactBucket", "IRetrainPipeline",
     # constructs
-    "CloudInferenceEndpoint", "EdgeDeployment", "EdgeFleet", "EdgeInferenceComponent",
+    "ArtifactSigningKey", "CanaryRollout", "CloudInferenceEndpoint", "EdgeCompilationJob", "EdgeCompilationSet", "EdgeDeployment",
+    "EdgeFleet", "EdgeInferenceComponent",
     "EdgeLambdaComponent", "EdgeTelemetry", "ModelArtifactBucket", "NeoCompilationJob",
     "NeoCompilationSet", "NeoEdgePipeline", "RetrainPipeline", "TrainingJob",
     # choices and values

@@ -47,6 +47,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from . import _checkov
+
 #: The Lambda asset folders, ``lambda/<name>/``, as the package ships them: package data of
 #: ``neo_edge`` in a wheel, a link to the repository's ``lambda/`` in a checkout.
 LAMBDA_ROOT = Path(__file__).resolve().parent / "_functions"
@@ -116,6 +118,18 @@ def allow_redundant_depends_on(construct) -> None:
     cfn = construct.node.default_child if hasattr(construct.node, "default_child") else None
     target = cfn if cfn is not None else construct
     target.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
+
+
+def check_reserved_concurrency(name: str, value: Optional[int]) -> None:
+    """Raise unless ``value`` (the prop ``name``) is None, a token or a whole number >= 1.
+
+    0 is refused: Lambda would throttle every invocation, which is a switch-off, not a cap.
+    """
+    if value is None or cdk.Token.is_unresolved(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1 (0 would throttle every "
+                         f"invocation); got {value!r}")
 
 
 def function_code(name: str, *, include_runtime: bool = False,
@@ -194,7 +208,10 @@ def bundled_function(
     log_retention:
         How long the function's log group keeps events. Default: three months.
     reserved_concurrent_executions:
-        Default: the account's unreserved concurrency.
+        Concurrent executions reserved for the function (and the most it may run at once).
+        Default: none reserved; it draws on the account's unreserved concurrency. Why:
+        :data:`neo_edge._checkov.RESERVED_CONCURRENCY_REASON` (also the checkov skip
+        comment of CKV_AWS_115 on every function left without one).
 
     Returns
     -------
@@ -203,6 +220,7 @@ def bundled_function(
         to its own log group and X-Ray only: add grants to it), ``function.log_group``
         the log group.
     """
+    _checkov.register(scope)
     log_group = logs.LogGroup(scope, f"{id}LogGroup", retention=log_retention,
                               removal_policy=cdk.RemovalPolicy.RETAIN)
     role = iam.Role(

@@ -1,6 +1,7 @@
-"""What ``TrainingJob`` and ``NeoCompilationJob`` share: one custom-resource provider per
-stack (the CDK Provider framework over ``lambda/sagemaker_job``), job-name prefixes, and
-the SageMaker execution role's common permissions.
+"""What ``TrainingJob``, ``NeoCompilationJob`` and ``EdgeCompilationJob`` share: one
+custom-resource provider per stack for deploy-time jobs (the CDK Provider framework over
+``lambda/sagemaker_job``: SageMaker jobs, and CodeBuild builds of neo-edge's compiler),
+job-name prefixes, and the SageMaker execution role's common permissions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from . import _checkov
 from ._lambda import allow_redundant_depends_on, bundled_function
 from ._nag import as_seen_from
 
@@ -224,6 +226,21 @@ class SageMakerJobProvider(Construct):
         for child in ("framework-onEvent", "framework-isComplete", "framework-onTimeout",
                       "waiter-state-machine"):
             allow_redundant_depends_on(self.provider.node.find_child(child))
+        self._skip_dead_letter_queues()
+
+    def _skip_dead_letter_queues(self) -> None:
+        """Why no function of the provider has a dead-letter queue (checkov CKV_AWS_116)."""
+        for fn in (self.on_event, self.is_complete):
+            _checkov.invoked_synchronously(fn, "the CDK Provider framework's functions")
+        for child in ("framework-isComplete", "framework-onTimeout"):
+            _checkov.invoked_synchronously(self.provider.node.find_child(child),
+                                           "the Provider framework's waiter state machine")
+        _checkov.skip(
+            self.provider.node.find_child("framework-onEvent"), "CKV_AWS_116",
+            "CloudFormation invokes it asynchronously and waits for the answer it sends to the "
+            "event's callback URL (FAILED on any error of its own); an event it never ran on "
+            "fails the stack operation at the custom resource's timeout, which a dead-letter "
+            "queue would not change")
 
     def _acknowledge_framework(self, on_event_role: iam.Role, complete_role: iam.Role) -> None:
         invoke_reason = ("the CDK Provider framework invokes its handler functions by ARN with "
@@ -245,9 +262,7 @@ class SageMakerJobProvider(Construct):
                 reason=invoke_reason))
         cdk.Validations.of(waiter_policy).acknowledge(cdk.Acknowledgment(
             id="AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            reason="Step Functions delivers execution logs through CloudWatch Logs vended log "
-                   "delivery (logs:CreateLogDelivery, logs:DescribeResourcePolicies, ...), "
-                   "whose actions support no resource-level permissions"))
+            reason=_checkov.LOG_DELIVERY_REASON))
         acknowledge(waiter, "SF2",
                     "the waiter is the CDK Provider framework's internal state machine, which "
                     "only calls the is-complete function on a timer; both handler functions "
@@ -281,6 +296,36 @@ class SageMakerJobProvider(Construct):
             service_token=self.provider.service_token,
             resource_type=resource_type,
             properties={"Kind": kind, "JobNamePrefix": self.job_prefix(scope),
+                        "Request": cdk.Stack.of(scope).to_json_string(request)},
+        )
+        if run_id:
+            resource.node.default_child.add_property_override("RunId", run_id)
+        default_policy = role.node.try_find_child("DefaultPolicy")
+        if default_policy is not None:
+            resource.node.add_dependency(default_policy)
+        return resource
+
+    def build_resource(self, scope: Construct, id: str, *, project, request: dict,
+                       output_uri: str, role: iam.IRole,
+                       run_id: Optional[str] = None) -> cdk.CustomResource:
+        """The custom resource for one CodeBuild build of ``project`` (kind ``build``).
+
+        ``request`` is the ``StartBuild`` request without the project's name (the
+        environment overrides); ``output_uri`` the ``s3://`` prefix the build writes
+        ``model.tar.gz`` under. The handlers may start, follow and stop builds of that
+        project only; the build starts once ``role`` can do what it needs.
+        """
+        self.on_event.add_to_role_policy(iam.PolicyStatement(
+            actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],
+            resources=[project.project_arn]))
+        self.is_complete.add_to_role_policy(iam.PolicyStatement(
+            actions=["codebuild:BatchGetBuilds"], resources=[project.project_arn]))
+        resource = cdk.CustomResource(
+            scope, id,
+            service_token=self.provider.service_token,
+            resource_type="Custom::NeoEdgeCompilationBuild",
+            properties={"Kind": "build", "ProjectName": project.project_name,
+                        "OutputUri": output_uri,
                         "Request": cdk.Stack.of(scope).to_json_string(request)},
         )
         if run_id:

@@ -171,6 +171,13 @@ class NeoCompilationJob(Construct):
         #: unresolved): what a ``RetrainPipeline`` sends again at run time.
         self.request: dict = request
 
+    @property
+    def artifact_format(self) -> str:
+        """``dlr``: SageMaker Neo writes DLR's format (``compiled.so``,
+        ``compiled_model.json``, ``compiled.params``), for SageMaker endpoints and DLR; an
+        ``EdgeInferenceComponent`` refuses it (compile with ``EdgeCompilationJob``)."""
+        return "dlr"
+
     def _model_source(self, model: Union[TrainingJob, str]):
         if isinstance(model, TrainingJob):
             def read(policy: RolePolicy) -> None:

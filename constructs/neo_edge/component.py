@@ -31,8 +31,10 @@ from neo_edge_runtime.compile import recipe as _recipe
 from neo_edge_runtime import targets as _targets
 
 from .choices import TargetDevice, TargetPlatform
+from .compilation import NeoCompilationJob
 from .fleet import acknowledge_wildcards
 from .interfaces import ICompilationOutput, IEdgeComponent
+from .signing import ArtifactSigningKey
 
 __all__ = [
     "CompiledModel", "DeviceMount", "EdgeInferenceComponent", "EdgeLambdaComponent",
@@ -44,6 +46,7 @@ __all__ = [
 TargetLike = Union[str, TargetDevice, TargetPlatform, _targets.Target]
 
 _ARCHES = _targets.RUNTIME_ARCHES
+_BUNDLES = _targets.RUNTIME_BUNDLES
 
 
 def _resolve_target(target: Optional[TargetLike]) -> _targets.Target:
@@ -69,7 +72,7 @@ class CompiledModel:
     """A compiled model for one target, as the inference component ships it.
 
     Made by :meth:`from_folder` (an artifact folder compiled before synth, uploaded as
-    a CDK asset), :meth:`from_compilation_job` (the output of a ``NeoCompilationJob``)
+    a CDK asset), :meth:`from_compilation_job` (the output of an ``EdgeCompilationJob``)
     or :meth:`from_s3` (an object that already exists).
     """
 
@@ -112,18 +115,23 @@ class CompiledModel:
     def from_compilation_job(cls, job: ICompilationOutput) -> "CompiledModel":
         """The output of a compilation job: any :class:`~neo_edge.interfaces.ICompilationOutput`.
 
-        ``job`` needs ``compiled_model_uri`` (the ``s3://`` URI of the ``.tar.gz`` Neo
-        writes; a token is fine) and ``target`` (a ``TargetDevice``, a ``Target`` or a
+        ``job`` needs ``compiled_model_uri`` (the ``s3://`` URI of the ``.tar.gz`` of a
+        neo-edge artifact; a token is fine) and ``target`` (a ``TargetDevice``, a ``Target`` or a
         name). Optional: ``fingerprint``, a JSON-able value that changes whenever the
         compiled model does (its inputs' hashes); without it, a job whose output URI is
         only known at deploy time keeps the same component version when the model is
         recompiled to the same URI, so such jobs should expose one, or the component
         be given ``component_version`` (a retraining pipeline publishes its versions at
-        run time with the same recipe builder instead). ``NeoCompilationJob`` fits:
-        its ``target_spec``, ``bucket`` and ``output_prefix`` are used too, so that the
-        deployment grants devices read on the job's output prefix. Other objects may
+        run time with the same recipe builder instead). ``EdgeCompilationJob`` fits:
+        its ``target_spec``, ``fingerprint``, ``bucket`` and ``compiled_model_key`` are
+        used too, so that the deployment grants devices read on the exact object. Other objects may
         give ``artifact_bucket`` (``s3.IBucket``) and ``compiled_model_key``.
+
+        ``EdgeCompilationJob`` is the job for an edge component. A ``NeoCompilationJob``
+        (or any job whose ``artifact_format`` is ``"dlr"``) is refused: SageMaker Neo
+        writes DLR's format, which the edge runtime does not load.
         """
+        _refuse_dlr(job)
         uri = getattr(job, "compiled_model_uri", None)
         if not isinstance(uri, str):
             raise ValueError(f"a compilation job must have a compiled_model_uri string; got {uri!r}")
@@ -161,6 +169,20 @@ class CompiledModel:
                    unarchive="ZIP" if key.endswith(".zip") else "NONE",
                    fingerprint={"key": key, "sha256": sha256}, bucket=bucket, key=key,
                    sha256=sha256)
+
+
+def _refuse_dlr(job: object) -> None:
+    """Raise for the output of SageMaker Neo: the edge runtime cannot load it."""
+    if isinstance(job, NeoCompilationJob) or getattr(job, "artifact_format", None) == "dlr":
+        target = getattr(getattr(job, "target", None), "name", None) or getattr(job, "target", "")
+        path = job.node.path if isinstance(job, Construct) else repr(job)
+        raise ValueError(
+            f"models must be neo-edge artifacts, and {path} (target {target}) is a SageMaker "
+            f"Neo compilation job: Neo writes DLR's format (compiled.so, compiled_model.json, "
+            f"compiled.params; no manifest.json), which the edge runtime does not load (it "
+            f"loads neo-edge artifacts, manifest.json at their root). Compile for the device "
+            f"with EdgeCompilationJob (or EdgeCompilationSet) instead, which runs neo-edge's "
+            f"compiler in AWS; keep NeoCompilationJob for SageMaker endpoints")
 
 
 #: What ``EdgeInferenceComponent(models=...)`` takes for one model.
@@ -203,13 +225,16 @@ class EdgeInferenceComponent(Construct):
         The Greengrass component name (``com.example.Classifier``).
     models:
         One per platform: :class:`CompiledModel` objects, compilation jobs (any
-        :class:`~neo_edge.interfaces.ICompilationOutput`: ``NeoCompilationJob``, or an
+        :class:`~neo_edge.interfaces.ICompilationOutput`: ``EdgeCompilationJob``, or an
         object with ``compiled_model_uri`` and ``target``, see
         :meth:`CompiledModel.from_compilation_job`) or paths of artifact folders
         compiled before synth (uploaded as assets).
     runtime_bundles:
         The device bundle of the edge runtime per architecture (``uname -m``:
-        ``aarch64``, ``x86_64``; there is no runtime for 32-bit ARM, ``armv7l``): a local path to a ``.zip`` or a folder
+        ``aarch64``, ``x86_64``; there is no runtime for 32-bit ARM, ``armv7l``), and for
+        NVIDIA targets the CUDA bundle (``aarch64-cuda``, ``x86_64-cuda``: ``make bundle``
+        builds ``neo-edge-runtime-<arch>-cuda.zip``; it needs CUDA 13 on the device, so
+        compute capability 7.5 or newer): a local path to a ``.zip`` or a folder
         whose root holds ``neo_edge_runtime/`` (the TVM runtime library included) and
         ``edge_inference.py``; uploaded as an asset, unpacked on the device. Every
         model's architecture needs one.
@@ -225,8 +250,15 @@ class EdgeInferenceComponent(Construct):
         installs the device requirements from the package index (PyPI).
     configuration:
         Overrides of the component's default configuration (``inputTopic``,
-        ``topicPrefix``, ``threadCount``). Default:
+        ``topicPrefix``, ``threadCount``, ``signingPublicKey``, ``allowUnsigned``). Default:
         ``neo_edge_runtime.compile.recipe.INFERENCE_DEFAULTS``.
+    signing_key:
+        The key models are signed with: an ``ArtifactSigningKey`` (or anything with a
+        ``public_key`` string, PEM or base64 DER). Its public key goes into the
+        configuration (``signingPublicKey``) and devices then refuse any model whose
+        ``manifest.json.sig`` does not verify with it, and unsigned models unless the
+        configuration sets ``allowUnsigned`` (default false with a key). Default: no
+        key; devices check models against their manifest only.
     component_version:
         Default: derived from the recipe's content (``1.0.<hash>``), so the same
         inputs give the same version.
@@ -245,6 +277,8 @@ class EdgeInferenceComponent(Construct):
         The recipe as a dict (with unresolved tokens for asset locations).
     targets:
         The targets shipped, in manifest order.
+    signing_key:
+        The ``signing_key`` given, or ``None``.
     """
 
     def __init__(self, scope: Construct, id: str, *, component_name: str,
@@ -253,23 +287,34 @@ class EdgeInferenceComponent(Construct):
                  device_wheels: Optional[Mapping[str, Union[str, pathlib.Path]]] = None,
                  configuration: Optional[Mapping[str, Any]] = None,
                  component_version: Optional[str] = None, description: str = "",
-                 publisher: str = "neo-edge") -> None:
+                 publisher: str = "neo-edge",
+                 signing_key: Optional[ArtifactSigningKey] = None) -> None:
         super().__init__(scope, id)
+        if signing_key is not None:
+            public_key = getattr(signing_key, "public_key", None)
+            if not isinstance(public_key, str) or not public_key:
+                raise ValueError(f"signing_key must be an ArtifactSigningKey (or have a "
+                                 f"public_key string); got {signing_key!r}")
+            if "signingPublicKey" in (configuration or {}):
+                raise ValueError("give the signing key as signing_key or as configuration "
+                                 "signingPublicKey, not both")
+            configuration = {**(configuration or {}), "signingPublicKey": public_key}
         if not models:
             raise ValueError("models must hold at least one compiled model; got none")
-        unknown = sorted(set(runtime_bundles) - set(_ARCHES))
+        unknown = sorted(set(runtime_bundles) - set(_BUNDLES))
         if unknown:
-            raise ValueError(f"runtime_bundles keys must be among {', '.join(_ARCHES)}; "
+            raise ValueError(f"runtime_bundles keys must be among {', '.join(_BUNDLES)}; "
                              f"got {', '.join(unknown)}")
         compiled = [_as_compiled_model(self, i, m) for i, m in enumerate(models)]
         no_runtime = [m.target for m in compiled if m.target.arch not in _ARCHES]
         if no_runtime:
             raise ValueError(
                 f"no edge runtime runs on {', '.join(sorted({t.arch for t in no_runtime}))}: "
-                f"apache-tvm publishes runtime wheels for {', '.join(_ARCHES)} only (nothing to "
-                f"build one from for 32-bit ARM); run a 64-bit OS on the device and compile for "
-                f"an aarch64 target; got "
+                f"{no_runtime[0].runtime_problem}; got "
                 f"{', '.join(f'{t.name} ({t.arch})' for t in no_runtime)}")
+        for t in (m.target for m in compiled):
+            if t.runtime_problem:
+                raise ValueError(f"no edge runtime runs {t.name}: {t.runtime_problem}")
         by_platform: dict = {}
         for model in compiled:
             key = json.dumps(model.target.greengrass_platform, sort_keys=True)
@@ -279,14 +324,14 @@ class EdgeInferenceComponent(Construct):
                     f"on {'/'.join(model.target.greengrass_platform.values())}: a component ships "
                     f"one model per platform (use one component per model)")
             by_platform[key] = model
-        missing = sorted({m.target.arch for m in compiled} - set(runtime_bundles))
+        missing = sorted({m.target.runtime_bundle for m in compiled} - set(runtime_bundles))
         if missing:
-            need = ", ".join(f"{a} ({', '.join(m.target.name for m in compiled if m.target.arch == a)})"
+            need = ", ".join(f"{a} ({', '.join(m.target.name for m in compiled if m.target.runtime_bundle == a)})"
                              for a in missing)
             raise ValueError(f"runtime_bundles needs a device bundle for {need}; got bundles for "
                              f"{', '.join(sorted(runtime_bundles)) or 'none'}")
         bundles: dict = {}
-        for arch in sorted({m.target.arch for m in compiled}):
+        for arch in sorted({m.target.runtime_bundle for m in compiled}):
             path = pathlib.Path(runtime_bundles[arch])
             if not path.exists():
                 raise ValueError(f"runtime bundle for {arch} must be a .zip or a folder; "
@@ -317,8 +362,9 @@ class EdgeInferenceComponent(Construct):
                 platform=m.target.greengrass_platform, name=m.target.name,
                 model=_recipe.Artifact(m.uri, sha256=m.sha256, unarchive=m.unarchive),
                 runtime=_recipe.Artifact(
-                    f"s3://{bundles[m.target.arch].s3_bucket_name}/"
-                    f"{bundles[m.target.arch].s3_object_key}", unarchive="ZIP", execute="OWNER"),
+                    f"s3://{bundles[m.target.runtime_bundle].s3_bucket_name}/"
+                    f"{bundles[m.target.runtime_bundle].s3_object_key}", unarchive="ZIP",
+                    execute="OWNER"),
                 wheels=_recipe.Artifact(
                     f"s3://{wheels[m.target.arch].s3_bucket_name}/"
                     f"{wheels[m.target.arch].s3_object_key}", unarchive="ZIP")
@@ -335,6 +381,8 @@ class EdgeInferenceComponent(Construct):
         self.recipe = _recipe.inference_recipe(component_version=component_version, **build)
         self.component_name = component_name
         self.component_version = component_version
+        #: The key devices check models with (``signingPublicKey``), or ``None``.
+        self.signing_key = signing_key
         self.targets = [_targets.resolve(m["Name"]) for m in self.recipe["Manifests"]]
 
         self.resource = greengrassv2.CfnComponentVersion(

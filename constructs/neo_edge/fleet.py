@@ -31,6 +31,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from . import _checkov
 from ._lambda import bundled_function
 from ._nag import as_seen_from
 from .interfaces import IEdgeFleet, IModelArtifactBucket
@@ -440,6 +441,9 @@ class EdgeFleet(_FleetGrants, Construct):
                          "RESERVED_PREFIX": CLAIM_CLIENT_ID_PREFIX},
             timeout=cdk.Duration.seconds(10),
             description=f"neo-edge: new devices only into the fleet {self.fleet_name}")
+        _checkov.invoked_synchronously(
+            hook, "AWS IoT fleet provisioning, which waits for the hook's allowProvisioning "
+                  "answer before it provisions a device")
         things = stack.format_arn(service="iot", resource="thing", resource_name="*")
         hook.add_to_role_policy(iam.PolicyStatement(
             sid="SeeExistingThings", actions=["iot:DescribeThing"], resources=[things]))

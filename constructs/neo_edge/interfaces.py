@@ -16,7 +16,8 @@ aws-cdk-lib's take ``s3.IBucket`` rather than ``s3.Bucket``.
 - :class:`IEdgeDeployment`: a Greengrass deployment to a fleet (``EdgeDeployment``).
 - :class:`IRetrainPipeline`: the retraining state machine (``RetrainPipeline``).
 - :class:`ICompilationOutput`: a compiled model in S3 and the target it was compiled
-  for (``NeoCompilationJob``), what ``CompiledModel.from_compilation_job`` reads.
+  for (``EdgeCompilationJob``, ``NeoCompilationJob``), what
+  ``CompiledModel.from_compilation_job`` reads.
 
 The interfaces are ``runtime_checkable``: ``isinstance(x, IEdgeFleet)`` tells whether
 ``x`` has every member (not their types). The constructs themselves check, when they
@@ -233,7 +234,9 @@ class ICompilationOutput(Protocol):
     """A compiled model in S3 and the target it was compiled for.
 
     What :meth:`~neo_edge.component.CompiledModel.from_compilation_job` reads;
-    satisfied by :class:`~neo_edge.compilation.NeoCompilationJob`, or by any object
+    satisfied by :class:`~neo_edge.edge_compilation.EdgeCompilationJob` and
+    :class:`~neo_edge.compilation.NeoCompilationJob` (whose DLR-format output an
+    ``EdgeInferenceComponent`` refuses: see ``artifact_format``), or by any object
     with these two members (a job of your own, a ``SimpleNamespace``). Read when
     present, not required:
 
@@ -241,7 +244,9 @@ class ICompilationOutput(Protocol):
     - ``fingerprint``: a JSON-able value that changes whenever the compiled model does,
       so that a new model gives a new component version even at the same URI;
     - ``bucket`` or ``artifact_bucket`` (``s3.IBucket``) with ``compiled_model_key`` or
-      ``output_prefix``: where devices must be allowed to read the model.
+      ``output_prefix``: where devices must be allowed to read the model;
+    - ``artifact_format``: ``"neo-edge"`` or ``"dlr"`` (SageMaker Neo's), which an edge
+      component refuses.
     """
 
     @property

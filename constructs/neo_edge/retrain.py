@@ -2,12 +2,17 @@
 -> publish a component version -> deploy it to the fleet with rollout; notify on failure.
 
 A Step Functions state machine built from AWS SDK tasks with polling loops, not from the
-``.sync`` SageMaker integration: each job is ``Create*Job`` -> ``Describe*Job`` ->
+``.sync`` SageMaker and CodeBuild integrations: each job is ``Create*Job`` -> ``Describe*Job`` ->
 ``Choice`` (done / failed / stopped / too many polls) -> ``Wait`` -> a counter ->
 ``Describe*Job`` again. Every loop is bounded by a maximum number of polls derived from
 the job's own stopping condition; a job that outlives it is stopped and the run fails.
-The same states run under moto's Step Functions executor in the tests, through training
-and compilation.
+Device targets compile with neo-edge's compiler, each a build of its
+:class:`~neo_edge.edge_compilation.EdgeCompilationJob`'s CodeBuild project (``StartBuild``
+-> ``BatchGetBuilds`` loop, ``StopBuild`` past the bound); endpoint targets (``ml_*``)
+given as ``NeoCompilationJob`` compile with SageMaker Neo after them, kept in the run's
+output but not published (Neo's DLR format does not run on the edge runtime). The same
+states run under moto's Step Functions executor in the tests, through training and
+compilation.
 
 The Greengrass steps are the ``component_publisher`` and ``deployment_manager`` Lambda
 functions (each a ``publish``/``deploy`` action, then a ``status`` polling loop).
@@ -21,9 +26,12 @@ What a run reuses rather than redefines:
 - the training settings of a :class:`~neo_edge.training.TrainingJob` (image, instance,
   hyperparameters, input channels, role, output prefix): its ``request`` is sent again
   with a new job name (and, optionally, a longer stopping condition);
-- the compilation settings of each :class:`~neo_edge.compilation.NeoCompilationJob`
-  (framework, shapes, target, compiler options, role): the model is the one just
-  trained, the output goes to ``<job output prefix><run id>/``;
+- the compilation settings of each
+  :class:`~neo_edge.edge_compilation.EdgeCompilationJob` (its CodeBuild project: target,
+  framework, shapes, compiler wheel): the build gets the model just trained and writes
+  ``<job output prefix><run id>/model.tar.gz``; of each endpoint
+  :class:`~neo_edge.compilation.NeoCompilationJob`, its request, output under
+  ``<job output location>/<run id>``;
 - the component name and device bundles of an
   :class:`~neo_edge.component.EdgeInferenceComponent`: the new version is built by the
   same recipe builder, with a content-derived version;
@@ -35,6 +43,13 @@ Execution input (what ``pipeline_trigger`` sends; a schedule sends
 
     {"trigger": "training_data" | "model" | "schedule", ...,
      "model_data_uri": "s3://..."}      # trigger == "model": skip training
+
+With ``canary`` (a :class:`~neo_edge.canary.CanaryRollout` of the same fleet), the step
+``Deploy to the fleet`` becomes the canary's states: the new version goes to the canary
+thing group first, the run waits for those devices' shadow and health verdicts, and
+deploys to the fleet only when they pass; otherwise the run stops (``CanaryRejected``,
+``CanaryReportsIncomplete``), the fleet stays on the version it runs, and the failure is
+notified like any other.
 
 Note that a later ``cdk deploy`` whose ``EdgeDeployment`` changed deploys the component
 version of the stack again (the pipeline's deployments are revisions of the same fleet).
@@ -62,15 +77,20 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from ._lambda import allow_redundant_depends_on, bundled_function, keep_failed_invocations
+from . import _checkov
+from ._lambda import (allow_redundant_depends_on, bundled_function, check_reserved_concurrency,
+                      keep_failed_invocations)
+from .canary import CanaryRollout
 from ._sagemaker_job import RolePolicy, _sanitize, _short_hash, nag_arn
 from .compilation import NeoCompilationJob, NeoCompilationSet
+from .edge_compilation import EdgeCompilationJob, EdgeCompilationSet
 from .component import EdgeInferenceComponent
 from .fleet import acknowledge_wildcards
 from .interfaces import IEdgeFleet, IRetrainPipeline
 from .training import TrainingJob
 
-__all__ = ["COMPILATION", "COMPILED_PATH", "ERROR_PATH", "MAX_JOB_NAME_PREFIX", "MODEL_PATH",
+__all__ = ["BUILD_QUEUE_MARGIN_S", "CODEBUILD_RETRY_ERRORS", "COMPILATION", "COMPILED_PATH", "ENDPOINT_COMPILED_PATH",
+           "ERROR_PATH", "edge_compilation_states", "MAX_JOB_NAME_PREFIX", "MODEL_PATH",
            "RETRYABLE_ERROR", "RUN_PATH", "RetrainPipeline", "SDK_RETRY_ERRORS",
            "SageMakerJobStates", "TRAINING", "compilation_job_states", "sagemaker_job_states",
            "training_job_states"]
@@ -85,6 +105,10 @@ _JOB_NAME_PREFIX = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 #: Errors of an AWS SDK task that are worth a retry (throttling, service hiccups).
 SDK_RETRY_ERRORS = ["SageMaker.ThrottlingException", "SageMaker.SageMakerException",
                     "SageMaker.AmazonSageMakerException"]
+#: Errors of a CodeBuild AWS SDK task worth a retry (Step Functions names them
+#: ``CodeBuild.<exception>``): the account's concurrent-build limit, throttling.
+CODEBUILD_RETRY_ERRORS = ["CodeBuild.AccountLimitExceededException",
+                          "CodeBuild.ThrottlingException", "CodeBuild.CodeBuildException"]
 #: The error both Greengrass Lambda functions raise for a refusal "for now".
 RETRYABLE_ERROR = "RetryableError"
 
@@ -92,6 +116,7 @@ RETRYABLE_ERROR = "RetryableError"
 RUN_PATH = "$.run"
 MODEL_PATH = "$.model"
 COMPILED_PATH = "$.compiled"
+ENDPOINT_COMPILED_PATH = "$.endpoint_compiled"
 ERROR_PATH = "$.error"
 
 
@@ -267,30 +292,148 @@ def compilation_job_states(scope: Construct, *, job: NeoCompilationJob, job_name
             "$.ModelArtifacts.S3ModelArtifacts")})
 
 
+#: Time a build may wait in CodeBuild's queue and provision, on top of its own timeout.
+BUILD_QUEUE_MARGIN_S = 15 * 60
+
+
+def edge_compilation_states(scope: Construct, *, job: EdgeCompilationJob,
+                            poll_interval: cdk.Duration,
+                            model_data_uri: str = "$.model.model_data_uri",
+                            run_id: str = "$.run.id") -> sfn.Chain:
+    """The build loop of ``job``'s CodeBuild project (neo-edge's compiler): the model at
+    ``model_data_uri`` (a JSON path), output under ``<job output prefix><run id>/``.
+
+    AWS SDK tasks with a polling loop, as the SageMaker jobs (the ``.sync`` integration,
+    ``codebuild:startBuild.sync``, would wait too, but moto's executor, which the tests
+    run the definition under, has none): ``Start <label>`` (StartBuild with the run's
+    ``MODEL_URI`` and ``OUTPUT_URI``) -> ``Check <label>`` (BatchGetBuilds) -> ``Is
+    <label> over?``: ``SUCCEEDED`` -> ``Read <label> output``; ``FAILED``, ``FAULT``,
+    ``TIMED_OUT`` -> ``Read <label> failure`` -> ``<Label> failed``; ``STOPPED`` ->
+    ``<Label> stopped``; too many polls -> ``Stop <label>`` -> ``<Label> timed out``;
+    otherwise wait, count, check again.
+
+    The chain's output is ``{"target": <target name>, "model_uri": "s3://.../model.tar.gz"}``,
+    the entry ``component_publisher`` takes.
+    """
+    name = job.target_spec.name
+    label = f"compilation for {name}"
+    title = label[0].upper() + label[1:]
+    output = f"s3://{job.bucket.bucket_name}/{job.output_prefix}{{}}/"
+    project_arn = job.project.project_arn
+    build_id = sfn.JsonPath.string_at("$.build.id")
+    retry = dict(errors=CODEBUILD_RETRY_ERRORS, interval=cdk.Duration.seconds(10),
+                 max_attempts=5, backoff_rate=2)
+
+    def task(id: str, action: str, parameters: dict, **props: Any) -> tasks.CallAwsService:
+        return tasks.CallAwsService(scope, id, service="codebuild", action=action,
+                                    parameters=parameters, iam_resources=[project_arn],
+                                    iam_action=f"codebuild:{action[0].upper()}{action[1:]}",
+                                    **props)
+
+    start = task(f"Start {label}", "startBuild", {
+        "ProjectName": job.project.project_name,
+        "EnvironmentVariablesOverride": [
+            {"Name": "MODEL_URI", "Type": "PLAINTEXT",
+             "Value": sfn.JsonPath.string_at(model_data_uri)},
+            {"Name": "OUTPUT_URI", "Type": "PLAINTEXT",
+             "Value": sfn.JsonPath.format(output, sfn.JsonPath.string_at(run_id))}]},
+        result_selector={"id": sfn.JsonPath.string_at("$.Build.Id"), "attempts": 0},
+        result_path="$.build")
+    start.add_retry(**retry)
+    ids = {"Ids": sfn.JsonPath.array(build_id)}
+    # ArrayGetItem over [*] rather than the path $.Builds[0].BuildStatus: the same value in
+    # Step Functions, and moto's executor gives a list for an indexed path.
+    check = task(f"Check {label}", "batchGetBuilds", ids, result_path="$.job",
+                 result_selector={"status": sfn.JsonPath.array_get_item(
+                     sfn.JsonPath.list_at("$.Builds[*].BuildStatus"), 0)})
+    check.add_retry(**retry)
+    read_output = sfn.Pass(scope, f"Read {label} output", parameters={
+        "target": name, "model_uri": sfn.JsonPath.format(f"{output}model.tar.gz",
+                                                         sfn.JsonPath.string_at(run_id))})
+    read_failure = task(f"Read {label} failure", "batchGetBuilds", ids, result_path="$.failure",
+                        result_selector={"Cause": sfn.JsonPath.format(
+                            f"{label}: build {{}} ended {{}}; its log: {{}}",
+                            sfn.JsonPath.string_at("$.Builds[0].Id"),
+                            sfn.JsonPath.string_at("$.Builds[0].BuildStatus"),
+                            sfn.JsonPath.string_at("$.Builds[0].Logs.DeepLink"))})
+    read_failure.add_retry(**retry)
+    failed = sfn.Fail(scope, f"{title} failed", error="CompilationBuildFailed",
+                      cause_path="$.failure.Cause")
+    read_failure.add_catch(sfn.Fail(scope, f"{title} failed without a reason",
+                                    error="CompilationBuildFailed",
+                                    cause=f"the {label} build failed"))
+    stopped = sfn.Fail(scope, f"{title} stopped", error="CompilationBuildStopped",
+                       cause_path=sfn.JsonPath.format(f"{label}: build {{}} was stopped",
+                                                      build_id))
+    max_polls = _max_polls(job.max_runtime_s + BUILD_QUEUE_MARGIN_S, poll_interval)
+    stop = task(f"Stop {label}", "stopBuild", {"Id": build_id},
+                result_path=sfn.JsonPath.DISCARD)
+    timed_out = sfn.Fail(
+        scope, f"{title} timed out", error="CompilationBuildTimedOut",
+        cause_path=sfn.JsonPath.format(
+            f"{label}: build {{}} was still running after {max_polls} polls "
+            f"{int(poll_interval.to_seconds())} seconds apart; it was stopped", build_id))
+    stop.add_catch(timed_out, result_path="$.stop_error")
+    wait = sfn.Wait(scope, f"Wait for {label}", time=sfn.WaitTime.duration(poll_interval))
+    count = sfn.Pass(scope, f"Count {label} polls", result_path="$.build", parameters={
+        "id": build_id,
+        "attempts": sfn.JsonPath.math_add(sfn.JsonPath.number_at("$.build.attempts"), 1)})
+    over = (sfn.Choice(scope, f"Is {label} over?")
+            .when(sfn.Condition.string_equals("$.job.status", "SUCCEEDED"), read_output)
+            .when(sfn.Condition.or_(*[sfn.Condition.string_equals("$.job.status", s)
+                                      for s in ("FAILED", "FAULT", "TIMED_OUT")]),
+                  read_failure.next(failed))
+            .when(sfn.Condition.string_equals("$.job.status", "STOPPED"), stopped)
+            .when(sfn.Condition.number_greater_than_equals("$.build.attempts", max_polls),
+                  stop.next(timed_out))
+            .otherwise(wait.next(count).next(check)))
+    return sfn.Chain.start(start).next(check).next(over)
+
+
 def _max_polls(seconds: int, interval: cdk.Duration) -> int:
     """Enough polls to see a job through its own stopping condition, plus a margin."""
     return math.ceil(seconds / max(1, int(interval.to_seconds()))) + 5
 
 
+_JOBS = (EdgeCompilationJob, NeoCompilationJob)
+_SETS = (EdgeCompilationSet, NeoCompilationSet)
+
+
 def _compilation_jobs(value: Any) -> list:
-    if isinstance(value, NeoCompilationSet):
-        jobs = list(value.jobs.values())
-    elif isinstance(value, NeoCompilationJob):
-        jobs = [value]
+    """The jobs of ``value`` (a set, a job, or a list or mapping of them), checked: one per
+    target, at least one ``EdgeCompilationJob``, SageMaker Neo only for endpoint targets."""
+    if isinstance(value, _SETS + _JOBS):
+        items = [value]
     elif isinstance(value, Mapping):
-        jobs = list(value.values())
+        items = list(value.values())
     elif isinstance(value, (list, tuple)):
-        jobs = list(value)
+        items = list(value)
     else:
-        jobs = []
-    if not jobs or not all(isinstance(j, NeoCompilationJob) for j in jobs):
-        raise ValueError(f"compilation must be a NeoCompilationSet or a non-empty list (or "
-                         f"mapping) of NeoCompilationJob; got {value!r}")
+        items = []
+    jobs = [j for item in items
+            for j in (item.jobs.values() if isinstance(item, _SETS) else [item])]
+    if not jobs or not all(isinstance(j, _JOBS) for j in jobs):
+        raise ValueError(f"compilation must be an EdgeCompilationSet or a non-empty list (or "
+                         f"mapping) of EdgeCompilationJob (and NeoCompilationJob for endpoint "
+                         f"targets); got {value!r}")
     names = [j.target_spec.name for j in jobs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"compilation must have one job per target; got {', '.join(repeated)} "
                          f"more than once")
+    dlr = sorted(j.target_spec.name for j in jobs
+                 if isinstance(j, NeoCompilationJob) and j.target_spec.instance_family is None)
+    if dlr:
+        raise ValueError(
+            f"compilation must compile device targets with EdgeCompilationJob, whose output the "
+            f"runs publish to the component; got SageMaker Neo jobs for {', '.join(dlr)}: Neo "
+            f"writes DLR's format (compiled.so, compiled_model.json, compiled.params; no "
+            f"manifest.json), which the edge runtime does not load. NeoCompilationJob is for "
+            f"endpoint targets (ml_*) only")
+    if not any(isinstance(j, EdgeCompilationJob) for j in jobs):
+        raise ValueError(f"compilation must hold at least one EdgeCompilationJob (the runs "
+                         f"publish its models to the component); got only SageMaker Neo jobs "
+                         f"for {', '.join(names)}")
     return jobs
 
 
@@ -329,8 +472,13 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         The :class:`~neo_edge.training.TrainingJob` whose settings each run reuses
         (its role, input channels and output prefix too).
     compilation:
-        The :class:`~neo_edge.compilation.NeoCompilationSet` (or a list or mapping of
-        ``NeoCompilationJob``) whose targets each run compiles for, all in parallel.
+        The :class:`~neo_edge.edge_compilation.EdgeCompilationSet` (or a list or mapping
+        of ``EdgeCompilationJob``, or of sets) whose targets each run compiles for with
+        neo-edge's compiler in CodeBuild, all in parallel, and publishes. It may also hold
+        ``NeoCompilationJob`` objects (or a ``NeoCompilationSet``) for endpoint targets
+        (``ml_*``): compiled by SageMaker Neo after the others, the outputs kept in the
+        run's ``endpoint_compiled`` and not published. A Neo job for a device target is
+        refused: its DLR-format output does not run on the edge runtime.
     component:
         The :class:`~neo_edge.component.EdgeInferenceComponent` whose new versions the
         runs publish: its name and its device bundles (one for each target's
@@ -343,7 +491,9 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         imported without one is skipped there (its owner grants that read).
     inference_configuration:
         The inference configuration of the published versions (as
-        ``EdgeInferenceComponent``'s ``configuration``). Default: the recipe builder's.
+        ``EdgeInferenceComponent``'s ``configuration``); a component with a
+        ``signing_key`` adds its public key (``signingPublicKey``), so that devices keep
+        verifying the models the runs compile. Default: the recipe builder's.
     trigger_on_new_data:
         Start a run when an object is created under the training job's ``train``
         channel prefix (its first channel, if none is called ``train``), through
@@ -353,6 +503,10 @@ class RetrainPipeline(_StateMachineRuns, Construct):
     trigger_suffixes:
         Only keys ending in one of these start a run (write the marker last when a data
         set has many files, e.g. ``["_SUCCESS"]``). Default: every new object.
+    trigger_reserved_concurrent_executions:
+        Concurrent executions reserved for the trigger function (also the most it runs
+        at once). Default: none reserved, it draws on the account's unreserved
+        concurrency (:data:`neo_edge._checkov.RESERVED_CONCURRENCY_REASON`).
     model_upload_prefix:
         Objects created under this prefix are models trained elsewhere: the run skips
         training and compiles them. Default: no model uploads.
@@ -376,6 +530,17 @@ class RetrainPipeline(_StateMachineRuns, Construct):
     failure_threshold_percent:
         The share of devices that may fail the deployment before the run fails.
         Default: 0.
+    canary:
+        Deploy each new version through this
+        :class:`~neo_edge.canary.CanaryRollout` (whose ``fleet`` must be ``fleet``)
+        instead of to the fleet at once: to its canary thing group first, then to the
+        fleet only once every canary device reported the version healthy (at most its
+        ``max_canary_failures`` rejecting it in shadow or rolling it back); otherwise the
+        run fails, the fleet keeps its version, and ``alert_topic`` is told. The canary's
+        deployers, reports table, poll interval, timeouts and device configuration are
+        used for those steps (so ``deployment_timeout`` and ``failure_threshold_percent``
+        are not: the latter must stay 0), and its canary devices may read what the runs
+        compile. Default: no canary, the fleet gets each version at once.
     job_name_prefix:
         Job names are ``<prefix>-t-<uuid>`` and ``<prefix>-c<n>-<uuid>``; at most 20
         letters, digits and hyphens. Default: derived from the construct's id and path.
@@ -389,19 +554,23 @@ class RetrainPipeline(_StateMachineRuns, Construct):
     Attributes
     ----------
     state_machine, state_machine_arn, trigger_function, publisher_function,
-    deployer_function, alert_topic, data_rule, schedule_rule, log_group, job_name_prefix
+    deployer_function (with ``canary``, the canary's ``fleet_deployer``), canary (or
+    ``None``), alert_topic, data_rule, schedule_rule, log_group, job_name_prefix
     """
 
     def __init__(
         self, scope: Construct, id: str, *,
         training_job: TrainingJob,
-        compilation: Union[NeoCompilationSet, Sequence[NeoCompilationJob],
-                           Mapping[str, NeoCompilationJob]],
+        compilation: Union[EdgeCompilationSet, NeoCompilationSet,
+                           Sequence[Union[EdgeCompilationJob, NeoCompilationJob,
+                                          EdgeCompilationSet, NeoCompilationSet]],
+                           Mapping[str, Union[EdgeCompilationJob, NeoCompilationJob]]],
         component: EdgeInferenceComponent,
         fleet: IEdgeFleet,
         inference_configuration: Optional[Mapping[str, Any]] = None,
         trigger_on_new_data: bool = True,
         trigger_suffixes: Sequence[str] = (),
+        trigger_reserved_concurrent_executions: Optional[int] = None,
         model_upload_prefix: Optional[str] = None,
         schedule: Optional[events.Schedule] = None,
         alert_topic: Optional[sns.ITopic] = None,
@@ -409,6 +578,7 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         training_max_runtime: Optional[cdk.Duration] = None,
         deployment_timeout: cdk.Duration = cdk.Duration.hours(1),
         failure_threshold_percent: float = 0,
+        canary: Optional[CanaryRollout] = None,
         job_name_prefix: Optional[str] = None,
         timeout: cdk.Duration = cdk.Duration.hours(24),
     ) -> None:
@@ -418,12 +588,14 @@ class RetrainPipeline(_StateMachineRuns, Construct):
             raise ValueError(f"training_job must be a TrainingJob (its settings are reused by "
                              f"every run); got {training_job!r}")
         jobs = _compilation_jobs(compilation)
+        edge_jobs = [j for j in jobs if isinstance(j, EdgeCompilationJob)]
+        endpoint_jobs = [j for j in jobs if isinstance(j, NeoCompilationJob)]
         bundles = getattr(component, "runtime_bundle_assets", None)
         if not isinstance(bundles, Mapping) or not hasattr(component, "component_name"):
             raise ValueError(f"component must be an EdgeInferenceComponent (the runs publish "
                              f"new versions of it with its device bundles); got {component!r}")
-        missing = sorted({f"{j.target_spec.arch} ({j.target_spec.name})" for j in jobs
-                          if j.target_spec.arch not in bundles})
+        missing = sorted({f"{j.target_spec.runtime_bundle} ({j.target_spec.name})"
+                          for j in edge_jobs if j.target_spec.runtime_bundle not in bundles})
         if missing:
             raise ValueError(f"component must have a device bundle for the architecture of "
                              f"every compilation target; none for {', '.join(missing)}")
@@ -434,6 +606,8 @@ class RetrainPipeline(_StateMachineRuns, Construct):
             if not isinstance(suffix, str) or not suffix or "," in suffix:
                 raise ValueError(f"trigger_suffixes must be non-empty key endings without ','; "
                                  f"got {suffix!r}")
+        check_reserved_concurrency("trigger_reserved_concurrent_executions",
+                                   trigger_reserved_concurrent_executions)
         interval_s = poll_interval.to_seconds()
         if not cdk.Token.is_unresolved(interval_s) and not 1 <= interval_s <= 3600:
             raise ValueError(f"poll_interval must be from 1 second to 1 hour; "
@@ -441,6 +615,18 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         if not 0 <= failure_threshold_percent <= 100:
             raise ValueError(f"failure_threshold_percent must be from 0 to 100; "
                              f"got {failure_threshold_percent!r}")
+        if canary is not None:
+            if not isinstance(canary, CanaryRollout):
+                raise ValueError(f"canary must be a CanaryRollout; got {canary!r}")
+            resolve = cdk.Stack.of(self).resolve
+            if resolve(canary.fleet.thing_group_arn) != resolve(fleet.thing_group_arn):
+                raise ValueError(f"canary must roll out to this pipeline's fleet "
+                                 f"({getattr(fleet, 'fleet_name', fleet)}); got a CanaryRollout "
+                                 f"of {getattr(canary.fleet, 'fleet_name', canary.fleet)}")
+            if failure_threshold_percent:
+                raise ValueError(f"failure_threshold_percent applies to a deployment straight to "
+                                 f"the fleet; with canary, the canary devices' verdicts decide "
+                                 f"(its max_canary_failures); got {failure_threshold_percent!r}")
         if job_name_prefix is None:
             job_name_prefix = (f"{_sanitize(id)[:MAX_JOB_NAME_PREFIX - 7].strip('-') or 'retrain'}"
                                f"-{_short_hash(self.node.path, 6)}")
@@ -471,29 +657,57 @@ class RetrainPipeline(_StateMachineRuns, Construct):
 
         # --- the Greengrass functions -------------------------------------------------------
         runtime_uris = {
-            j.target_spec.name: f"s3://{bundles[j.target_spec.arch].s3_bucket_name}/"
-                                f"{bundles[j.target_spec.arch].s3_object_key}"
-            for j in jobs}
+            j.target_spec.name: f"s3://{bundles[j.target_spec.runtime_bundle].s3_bucket_name}/"
+                                f"{bundles[j.target_spec.runtime_bundle].s3_object_key}"
+            for j in edge_jobs}
         publisher_env = {"COMPONENT_NAME": component.component_name,
                          "RUNTIME_URIS": stack.to_json_string(runtime_uris)}
+        # Offline devices install from the wheels shipped with the component: every version
+        # a run publishes ships them too.
+        wheels = getattr(component, "device_wheel_assets", None) or {}
+        if wheels:
+            publisher_env["WHEELS_URIS"] = stack.to_json_string({
+                j.target_spec.name: f"s3://{wheels[j.target_spec.arch].s3_bucket_name}/"
+                                    f"{wheels[j.target_spec.arch].s3_object_key}"
+                for j in edge_jobs})
+        inference_configuration = dict(inference_configuration or {})
+        signing_key = getattr(component, "signing_key", None)
+        if signing_key is not None and "signingPublicKey" not in inference_configuration:
+            # The versions a run publishes verify their models as the component's devices
+            # do (the builds sign them: the same projects, with their signing variables).
+            inference_configuration["signingPublicKey"] = signing_key.public_key
         if inference_configuration:
-            publisher_env["INFERENCE_CONFIGURATION"] = json.dumps(dict(inference_configuration),
+            publisher_env["INFERENCE_CONFIGURATION"] = json.dumps(inference_configuration,
                                                                   sort_keys=True)
         self.publisher_function = bundled_function(
             self, "Publisher", "component_publisher", include_runtime=True,
             environment=publisher_env, timeout=cdk.Duration.minutes(1),
             description=f"neo-edge: publishes {component.component_name} versions")
-        self._grant_publish(stack, component, jobs)
-        self.deployer_function = bundled_function(
-            self, "Deployer", "deployment_manager", timeout=cdk.Duration.minutes(1),
-            environment={"TARGET_ARN": fleet.thing_group_arn,
-                         "FAILURE_THRESHOLD_PERCENT": f"{failure_threshold_percent:g}"},
-            description=f"neo-edge: deploys {component.component_name} to the fleet")
-        self._grant_deploy(stack, fleet)
+        _checkov.invoked_synchronously(self.publisher_function,
+                                       "the retraining state machine (a LambdaInvoke task)")
+        self._grant_publish(stack, component, edge_jobs)
+        self.canary = canary
+        if canary is None:
+            self.deployer_function = bundled_function(
+                self, "Deployer", "deployment_manager", timeout=cdk.Duration.minutes(1),
+                environment={"TARGET_ARN": fleet.thing_group_arn,
+                             "FAILURE_THRESHOLD_PERCENT": f"{failure_threshold_percent:g}"},
+                description=f"neo-edge: deploys {component.component_name} to the fleet")
+            _checkov.invoked_synchronously(self.deployer_function,
+                                           "the retraining state machine (a LambdaInvoke task)")
+            self._grant_deploy(stack, fleet)
+        else:
+            self.deployer_function = canary.fleet_deployer
         # Devices read what the runs compile (under each job's output prefix); a fleet
-        # imported without its role leaves that to its owner.
-        if getattr(fleet, "token_exchange_role", None) is not None:
-            fleet.allow_artifact_read(bucket, *sorted({f"{j.output_prefix}*" for j in jobs}))
+        # imported without its role leaves that to its owner. Canary devices take each
+        # version first: they read it, and the component's own artifacts, too.
+        for devices in [fleet] + ([canary.canary_fleet] if canary is not None else []):
+            if getattr(devices, "token_exchange_role", None) is not None:
+                devices.allow_artifact_read(bucket,
+                                            *sorted({f"{j.output_prefix}*" for j in edge_jobs}))
+        if canary is not None and getattr(canary.canary_fleet, "token_exchange_role",
+                                          None) is not None:
+            component.grant_artifacts_read(canary.canary_fleet.token_exchange_role)
 
         # --- the model source: a training run, or an uploaded model ----------------------
         if model_upload_prefix is not None:
@@ -504,7 +718,8 @@ class RetrainPipeline(_StateMachineRuns, Construct):
 
         # --- the state machine ---------------------------------------------------------------
         definition = self._definition(stack, training_job, jobs, training_arn, compilation_arn,
-                                      poll_interval, training_max_runtime, deployment_timeout)
+                                      poll_interval, training_max_runtime, deployment_timeout,
+                                      canary)
         self.log_group = logs.LogGroup(self, "Logs", retention=logs.RetentionDays.THREE_MONTHS,
                                        removal_policy=cdk.RemovalPolicy.RETAIN)
         self.state_machine = sfn.StateMachine(
@@ -513,7 +728,8 @@ class RetrainPipeline(_StateMachineRuns, Construct):
             logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL,
                                 include_execution_data=True),
             comment="neo-edge retraining: train, compile for every target, publish, deploy")
-        roles = {r.node.path: r for r in [training_job.role] + [j.role for j in jobs]}
+        # Only SageMaker jobs take a role to pass; a build runs as its project's role.
+        roles = {r.node.path: r for r in [training_job.role] + [j.role for j in endpoint_jobs]}
         self.state_machine.add_to_role_policy(iam.PolicyStatement(
             actions=["iam:PassRole"], resources=[r.role_arn for r in roles.values()],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}))
@@ -542,6 +758,7 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         if trigger_on_new_data:
             self.trigger_function = bundled_function(
                 self, "Trigger", "pipeline_trigger", environment=trigger_env,
+                reserved_concurrent_executions=trigger_reserved_concurrent_executions,
                 description="neo-edge: starts retraining on new training data")
             self.state_machine.grant_start_execution(self.trigger_function)
             #: S3 events the trigger failed on (after Lambda's retries), with the error.
@@ -603,7 +820,8 @@ class RetrainPipeline(_StateMachineRuns, Construct):
     def _definition(self, stack: cdk.Stack, training_job: TrainingJob, jobs: list,
                     training_arn: str, compilation_arn: str, poll_interval: cdk.Duration,
                     training_max_runtime: Optional[cdk.Duration],
-                    deployment_timeout: cdk.Duration) -> sfn.IChainable:
+                    deployment_timeout: cdk.Duration,
+                    canary: Optional[CanaryRollout] = None) -> sfn.IChainable:
         prefix = self.job_name_prefix
         run_id = sfn.JsonPath.string_at(f"{RUN_PATH}.id")
 
@@ -646,12 +864,27 @@ class RetrainPipeline(_StateMachineRuns, Construct):
                             parameters={"model_data_uri": sfn.JsonPath.string_at(
                                 "$.model_data_uri")})
 
+        # The component's models: neo-edge's compiler, one CodeBuild build per target.
         compile_all = sfn.Parallel(self, "Compile for every target", result_path=COMPILED_PATH)
-        for i, job in enumerate(jobs):
-            compile_all.branch(compilation_job_states(
-                self, job=job, poll_interval=poll_interval, job_arn=compilation_arn,
-                job_name=sfn.JsonPath.format(f"{prefix}-c{i}-{{}}", run_id)))
+        for job in jobs:
+            if isinstance(job, EdgeCompilationJob):
+                compile_all.branch(edge_compilation_states(self, job=job,
+                                                           poll_interval=poll_interval))
         catch(compile_all)
+        # Endpoint targets: SageMaker Neo, output kept in $.endpoint_compiled (not published;
+        # the endpoint keeps serving the model it was deployed with).
+        compiled_next: sfn.IChainable = compile_all
+        if any(isinstance(j, NeoCompilationJob) for j in jobs):
+            compile_endpoints = sfn.Parallel(self, "Compile for the endpoints",
+                                             result_path=ENDPOINT_COMPILED_PATH)
+            for i, job in enumerate(jobs):
+                if isinstance(job, NeoCompilationJob):
+                    compile_endpoints.branch(compilation_job_states(
+                        self, job=job, poll_interval=poll_interval, job_arn=compilation_arn,
+                        job_name=sfn.JsonPath.format(f"{prefix}-c{i}-{{}}", run_id)))
+            catch(compile_endpoints)
+            compile_all.next(compile_endpoints)
+            compiled_next = compile_endpoints
 
         # Publish the component version and wait until it is deployable.
         component_fields = {
@@ -668,35 +901,45 @@ class RetrainPipeline(_StateMachineRuns, Construct):
             "action": "status",
             "component_arn": sfn.JsonPath.string_at("$.component.component_arn")},
             component_fields, "$.component")
-        deploy = self._invoke("Deploy to the fleet", self.deployer_function, {
-            "action": "deploy",
-            "component_name": sfn.JsonPath.string_at("$.component.component_name"),
-            "component_version": sfn.JsonPath.string_at("$.component.component_version"),
-            "request_token": sfn.JsonPath.string_at("$$.Execution.Name")},
-            {"deployment_id": sfn.JsonPath.string_at("$.Payload.deployment_id"),
-             "done": sfn.JsonPath.string_at("$.Payload.done")}, "$.deployment")
-        check_deployment = self._invoke("Check the deployment", self.deployer_function, {
-            "action": "status",
-            "deployment_id": sfn.JsonPath.string_at("$.deployment.deployment_id")},
-            {"deployment_id": sfn.JsonPath.string_at("$.Payload.deployment_id"),
-             "done": sfn.JsonPath.string_at("$.Payload.done"),
-             "succeeded": sfn.JsonPath.number_at("$.Payload.succeeded"),
-             "failed": sfn.JsonPath.number_at("$.Payload.failed"),
-             "pending": sfn.JsonPath.number_at("$.Payload.pending")}, "$.deployment")
-        for state in (publish, check_component, deploy, check_deployment):
+        for state in (publish, check_component):
             catch(state)
 
         interval_s = int(poll_interval.to_seconds())
         component_polls = _max_polls(600, poll_interval)
-        deployment_polls = max(1, math.ceil(int(deployment_timeout.to_seconds()) / interval_s))
         done = sfn.Succeed(self, "Retrained and deployed")
-        deployed_loop = self._poll(
-            "the deployment", check_deployment, "$.deployment.done", done, deployment_polls,
-            poll_interval, give_up(
-                "The deployment took too long", "DeploymentTimedOut",
-                f"devices were still taking the deployment after {deployment_polls} polls "
-                f"{interval_s} seconds apart (Greengrass keeps deploying to them)").next(notify))
-        deploy.next(deployed_loop)
+        if canary is None:
+            deploy = self._invoke("Deploy to the fleet", self.deployer_function, {
+                "action": "deploy",
+                "component_name": sfn.JsonPath.string_at("$.component.component_name"),
+                "component_version": sfn.JsonPath.string_at("$.component.component_version"),
+                "request_token": sfn.JsonPath.string_at("$$.Execution.Name")},
+                {"deployment_id": sfn.JsonPath.string_at("$.Payload.deployment_id"),
+                 "done": sfn.JsonPath.string_at("$.Payload.done")}, "$.deployment")
+            check_deployment = self._invoke("Check the deployment", self.deployer_function, {
+                "action": "status",
+                "deployment_id": sfn.JsonPath.string_at("$.deployment.deployment_id")},
+                {"deployment_id": sfn.JsonPath.string_at("$.Payload.deployment_id"),
+                 "done": sfn.JsonPath.string_at("$.Payload.done"),
+                 "succeeded": sfn.JsonPath.number_at("$.Payload.succeeded"),
+                 "failed": sfn.JsonPath.number_at("$.Payload.failed"),
+                 "pending": sfn.JsonPath.number_at("$.Payload.pending")}, "$.deployment")
+            for state in (deploy, check_deployment):
+                catch(state)
+            deployment_polls = max(1, math.ceil(int(deployment_timeout.to_seconds())
+                                                / interval_s))
+            deployed_loop = self._poll(
+                "the deployment", check_deployment, "$.deployment.done", done, deployment_polls,
+                poll_interval, give_up(
+                    "The deployment took too long", "DeploymentTimedOut",
+                    f"devices were still taking the deployment after {deployment_polls} polls "
+                    f"{interval_s} seconds apart (Greengrass keeps deploying to them)"
+                ).next(notify))
+            deploy.next(deployed_loop)
+        else:
+            # The canary group, its devices' verdicts, then the fleet; a stop goes to the
+            # same notification as every other failure ($.error holds Error and Cause).
+            deploy = canary.rollout_states(self, notify=notify, component_path="$.component",
+                                           done=done)
         component_loop = self._poll(
             "the component version", check_component, "$.component.done", deploy,
             component_polls, poll_interval, give_up(
@@ -704,7 +947,7 @@ class RetrainPipeline(_StateMachineRuns, Construct):
                 f"the component version was not deployable after {component_polls} polls "
                 f"{interval_s} seconds apart").next(notify))
         publish.next(component_loop)
-        compile_all.next(publish)
+        compiled_next.next(publish)
         train.next(compile_all)
         uploaded.next(compile_all)
 
@@ -766,11 +1009,15 @@ class RetrainPipeline(_StateMachineRuns, Construct):
         # Greengrass reads (and digests) the artifacts with the caller's permissions, and the
         # function reads their version ids: the device bundles and the compiled outputs.
         bundles = component.runtime_bundle_assets
-        arches = sorted({j.target_spec.arch for j in jobs})
+        arches = sorted({j.target_spec.runtime_bundle for j in jobs})
+        wheels = getattr(component, "device_wheel_assets", None) or {}
+        shipped = [bundles[a] for a in arches] + [wheels[a] for a in
+                                                  sorted({j.target_spec.arch for j in jobs})
+                                                  if a in wheels]
         fn.add_to_role_policy(iam.PolicyStatement(
             sid="ReadDeviceBundles", actions=["s3:GetObject"],
-            resources=sorted({bundles[a].bucket.arn_for_objects(bundles[a].s3_object_key)
-                              for a in arches}, key=str)))
+            resources=sorted({asset.bucket.arn_for_objects(asset.s3_object_key)
+                              for asset in shipped}, key=str)))
         compiled = sorted({f"{j.output_prefix}*" for j in jobs})
         bucket = jobs[0].bucket
         objects = [bucket.arn_for_objects(p) for p in compiled]
@@ -829,7 +1076,10 @@ class RetrainPipeline(_StateMachineRuns, Construct):
                 reason="each run names its jobs <prefix>-<uuid> at run time; the prefix is this "
                        "pipeline's own, so the state machine can only create, describe and "
                        "stop the jobs it names"))
-        for fn in (self.publisher_function, self.deployer_function):
+        functions = [self.publisher_function] + (
+            [self.deployer_function] if self.canary is None
+            else [self.canary.canary_deployer, self.canary.fleet_deployer])
+        for fn in functions:
             logical = stack.resolve(fn.node.default_child.logical_id)
             validations.acknowledge(cdk.Acknowledgment(
                 id=f"AwsSolutions::AwsSolutions-IAM5[Resource::<{logical}.Arn>:*]",

@@ -11,12 +11,19 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from . import _checkov
 from .interfaces import IModelArtifactBucket
 
 __all__ = ["ACCESS_LOG_PREFIX", "ModelArtifactBucket", "as_bucket"]
 
 #: Key prefix of the artifact bucket's access logs in the logs bucket.
 ACCESS_LOG_PREFIX = "model-artifacts/"
+
+#: Why the created access-log bucket logs no access of its own (cdk-nag S1, checkov CKV_AWS_18).
+_LOG_BUCKET_UNLOGGED = (
+    "this is the access-log bucket of the model artifact bucket; logging access to the log "
+    "bucket itself would log its own log deliveries without end. It is private, TLS-only and "
+    "only S3's log delivery service writes to it")
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _BUCKET_ARN = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
@@ -43,7 +50,8 @@ def _pattern(prefix: str) -> str:
 class ModelArtifactBucket(Construct):
     """An S3 bucket for model artifacts: KMS-encrypted, versioned, TLS only, private.
 
-    Server access logs go to a second bucket; noncurrent object versions expire.
+    Server access logs go to a second bucket (versioned too, logs kept a year); noncurrent
+    object versions of both expire.
     Or wrap a bucket you already have (``bucket=``): nothing is created then, and the
     grants work on that bucket. A bucket known only by name (another stack's, another
     app's): :meth:`from_bucket_name` or :meth:`from_bucket_arn`. Satisfies
@@ -97,16 +105,19 @@ class ModelArtifactBucket(Construct):
                 enforce_ssl=True,
                 object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
                 removal_policy=removal_policy,
-                lifecycle_rules=[s3.LifecycleRule(expiration=cdk.Duration.days(365))],
+                # Versioned, so that a deleted or overwritten log stays for the noncurrent
+                # period; current logs expire after a year.
+                versioned=True,
+                lifecycle_rules=[s3.LifecycleRule(
+                    expiration=cdk.Duration.days(365),
+                    noncurrent_version_expiration=noncurrent_version_expiration)],
             )
             cdk.Validations.of(logs_bucket).acknowledge(cdk.Acknowledgment(
-                id="AwsSolutions::AwsSolutions-S1",
-                reason="this is the access-log bucket of the model artifact bucket; logging "
-                       "access to the log bucket itself would log its own log deliveries "
-                       "without end. It is private, TLS-only and only S3's log delivery "
-                       "service writes to it"))
+                id="AwsSolutions::AwsSolutions-S1", reason=_LOG_BUCKET_UNLOGGED))
+            _checkov.skip(logs_bucket, "CKV_AWS_18", _LOG_BUCKET_UNLOGGED)
             server_access_logs_bucket = logs_bucket
         self.access_logs_bucket = server_access_logs_bucket
+        _checkov.register(self)
         self.bucket = s3.Bucket(
             self, "Resource",
             encryption=s3.BucketEncryption.KMS,

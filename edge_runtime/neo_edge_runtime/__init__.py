@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import ArtifactError, CompileError, InputError, NeoEdgeError, TargetError
+from .errors import (ArtifactError, CompileError, InputError, NeoEdgeError, SignatureError,
+                     TargetError)
 
 __version__ = "0.1.0"
 
@@ -38,8 +39,8 @@ _LAZY = {
     "detect_framework": "compile.compiler",
 }
 
-__all__ = ["ArtifactError", "CompileError", "InputError", "NeoEdgeError", "TargetError",
-           *_LAZY]
+__all__ = ["ArtifactError", "CompileError", "InputError", "NeoEdgeError", "SignatureError",
+           "TargetError", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 # TVMFFITypeIndex values used here
-_NONE, _INT, _BOOL, _FLOAT, _RAW_STR, _SMALL_STR = 0, 1, 2, 3, 8, 11
+_NONE, _INT, _BOOL, _FLOAT, _OPAQUE_PTR, _DATA_TYPE, _DEVICE = 0, 1, 2, 3, 4, 5, 6
+_RAW_STR, _SMALL_STR = 8, 11
 _OBJECT_BEGIN, _STR, _FUNCTION, TENSOR, _ARRAY = 64, 65, 68, 70, 71
 _OBJECT_HEADER = 24  # sizeof(TVMFFIObject): ref counts, type index, deleter
 
@@ -39,6 +40,23 @@ class _DLDevice(ctypes.Structure):
 
 class _DLDataType(ctypes.Structure):
     _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class Device(_DLDevice):
+    """A DLDevice passed by value (``Device(2, 0)``: the first CUDA GPU)."""
+
+
+class DataType(_DLDataType):
+    """A DLDataType passed by value; :meth:`of` makes one from a numpy dtype."""
+
+    @classmethod
+    def of(cls, dtype) -> "DataType":
+        dtype = np.dtype(dtype)
+        return cls(_DL_CODES[dtype.kind], dtype.itemsize * 8, 1)
+
+
+class OpaquePtr(int):
+    """A raw address passed as ``void*``."""
 
 
 class _DLTensor(ctypes.Structure):
@@ -138,6 +156,14 @@ class Function(Object):
         for slot, arg in zip(packed, args):
             if isinstance(arg, Object):
                 slot.type_index, slot.value = arg.type_index, arg.handle
+            elif arg is None:
+                slot.type_index, slot.value = _NONE, 0
+            elif isinstance(arg, OpaquePtr):
+                slot.type_index, slot.value = _OPAQUE_PTR, int(arg)
+            elif isinstance(arg, (Device, DataType)):  # 8 or 4 bytes, in the value field
+                slot.type_index = _DEVICE if isinstance(arg, Device) else _DATA_TYPE
+                ctypes.memmove(ctypes.addressof(slot) + _Any.value.offset,
+                               ctypes.addressof(arg), ctypes.sizeof(arg))
             elif isinstance(arg, bool):
                 slot.type_index, slot.value = _BOOL, int(arg)
             elif isinstance(arg, int):
@@ -229,6 +255,32 @@ def copy_into(tensor: Object, out: np.ndarray) -> None:
     tensor's shape and dtype (:func:`tensor_spec`, known ahead for a model's outputs)."""
     dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
     ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
+
+
+def empty(shape, dtype, device: Device) -> Object:
+    """A new compact tensor of ``shape`` and ``dtype`` on ``device`` (its memory owned by
+    TVM: a GPU's for a CUDA device)."""
+    dims = get_global("ffi.Shape")(*[int(d) for d in shape])
+    return get_global("runtime.TVMTensorAllocWithScope")(dims, DataType.of(dtype), device, None)
+
+
+def copy_from_host(tensor: Object, array: np.ndarray) -> None:
+    """Copy the C-contiguous ``array`` into ``tensor`` (on any device) as raw bytes."""
+    get_global("runtime.TVMTensorCopyFromBytes")(tensor, OpaquePtr(array.ctypes.data),
+                                                 array.nbytes)
+
+
+def copy_to_host(tensor: Object, out: np.ndarray) -> None:
+    """Copy ``tensor`` (on any device) into the C-contiguous ``out`` of its byte size."""
+    get_global("runtime.TVMTensorCopyToBytes")(tensor, OpaquePtr(out.ctypes.data), out.nbytes)
+
+
+def copy_to_device(tensor: Object, device: Device) -> Object:
+    """A copy of the compact CPU ``tensor`` on ``device``."""
+    shape, dtype = tensor_spec(tensor)
+    out = empty(shape, dtype, device)
+    get_global("runtime.TVMTensorCopyFromTo")(tensor, out)
+    return out
 
 
 def array_items(array: Object) -> list:

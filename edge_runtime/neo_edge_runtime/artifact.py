@@ -27,6 +27,10 @@ and were skipped (the model then runs correctly, more slowly).
 
 Nothing in it depends on when or where it was built, so the same inputs give the same
 bytes: a Greengrass component version is derived from it.
+
+``manifest.json.sig``, when there, is a detached ECDSA P-256 / SHA-256 signature of the
+manifest's bytes (:mod:`.signature`): with it the hashes above prove where the files come
+from, not only that they are whole.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+from . import signature
 from .errors import ArtifactError
+from .signature import PublicKeyLike
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -77,16 +83,20 @@ def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
     return path
 
 
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """Read and structurally check ``manifest.json`` (does not hash the files)."""
+def read_manifest(folder: str | os.PathLike, *, data: Optional[bytes] = None) -> dict:
+    """Read and structurally check ``manifest.json`` (does not hash the files).
+
+    ``data``: the manifest's bytes, already read (and their signature checked), instead
+    of the file's.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"artifact folder {str(folder)!r} does not exist")
     path = folder / MANIFEST
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ArtifactError(f"{str(folder)!r} is not an artifact folder: it has no {MANIFEST}")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes() if data is None else data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
@@ -155,14 +165,33 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def verify(folder: str | os.PathLike) -> dict:
-    """Read the manifest and check the sha256 of every file it lists.
+def verify(folder: str | os.PathLike, *, public_key: Optional[PublicKeyLike] = None,
+           allow_unsigned: bool = False) -> dict:
+    """Check the manifest's signature, read the manifest, and check the sha256 of every
+    file it lists.
 
     Returns the manifest. Raises :class:`ArtifactError` naming the first missing,
     truncated or changed file; nothing is loaded before this passes.
+
+    Parameters
+    ----------
+    public_key:
+        The key ``manifest.json.sig`` must verify with (PEM text, base64 DER, a PEM file
+        or a :class:`~neo_edge_runtime.signature.PublicKey`): a mis-signed artifact raises
+        :class:`~neo_edge_runtime.errors.SignatureError`, and so does an unsigned one
+        unless ``allow_unsigned``. Default: no signature is checked (integrity only).
+    allow_unsigned:
+        With ``public_key``, accept an artifact that has no signature at all (a signed
+        one must still verify).
     """
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    data = None
+    if public_key is not None:
+        if not folder.is_dir():
+            raise ArtifactError(f"artifact folder {str(folder)!r} does not exist")
+        data = signature.read_verified_manifest(
+            folder, signature.load_public_key(public_key), allow_unsigned=allow_unsigned)
+    manifest = read_manifest(folder, data=data)
     for name, digest in sorted(manifest["files"].items()):
         if os.path.isabs(name) or ".." in Path(name).parts:
             raise ArtifactError(f"manifest lists {name!r}, which is outside the artifact folder")

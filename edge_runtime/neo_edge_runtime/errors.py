@@ -17,5 +17,10 @@ class ArtifactError(NeoEdgeError):
     """An artifact folder that is missing, incomplete, tampered with, or of the wrong kind."""
 
 
+class SignatureError(ArtifactError):
+    """An artifact whose signature is missing or does not verify with the configured public
+    key, or a public key that cannot be used to verify one."""
+
+
 class InputError(NeoEdgeError, ValueError):
     """Inputs to ``predict`` whose names, shapes or dtypes do not match the model."""

@@ -3,7 +3,8 @@
 Only the TVM *runtime* library (``libtvm_runtime.so``, ~3 MB) and TVM-FFI's
 ``libtvm_ffi.so`` are loaded, called through their C ABI (:mod:`._ffi`): the 259 MB
 compiler library never is, and neither ``tvm`` nor the ``tvm_ffi`` Python package is
-imported on a CPU device. This is what a Greengrass core device runs.
+imported, on a CPU or an NVIDIA GPU (``libtvm_runtime_cuda.so`` beside the CPU runtime in
+the CUDA bundle). This is what a Greengrass core device runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import collections
 import ctypes
 import importlib.util
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,10 +22,13 @@ import numpy as np
 
 from . import _ffi, artifact
 from .errors import ArtifactError, InputError, NeoEdgeError
-from .targets import host_arch
+from .signature import PublicKeyLike
+from .targets import CUDA_RUNTIME_MAJOR, host_arch
 
 _ALIGN = 64  # TVM's kernels assume 64-byte aligned buffers
 _DEVICE_TYPES = {"cpu": 1, "cuda": 2}
+#: What ``libtvm_runtime_cuda.so`` of the pinned apache-tvm wheels links against.
+CUDA_RUNTIME_LIBRARY = f"libcudart.so.{CUDA_RUNTIME_MAJOR}"
 _POOLED_ALLOCATOR = 2
 _lib_lock = threading.Lock()
 _loaded_libs: dict[str, ctypes.CDLL] = {}
@@ -48,27 +51,6 @@ def runtime_library_dirs() -> list[Path]:
     if spec is not None and spec.submodule_search_locations:
         dirs.append(Path(list(spec.submodule_search_locations)[0]) / "lib")
     return dirs
-
-
-def _import_tvm_ffi():
-    """``import tvm_ffi``, without the PyTorch import it attempts first (GPU artifacts
-    only: they run through TVM's Python runtime).
-
-    tvm_ffi imports torch eagerly when it is installed (a build machine with the torch
-    extra): seconds and hundreds of MB that a runtime never uses. torch is hidden for
-    the length of the import only, so the caller's own ``import torch`` still works.
-    """
-    if "tvm_ffi" in sys.modules:
-        return sys.modules["tvm_ffi"]
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # makes `import torch` raise ImportError
-    try:
-        import tvm_ffi
-    finally:
-        if hide and sys.modules.get("torch", False) is None:
-            del sys.modules["torch"]
-    return tvm_ffi
 
 
 def _ffi_library_dirs() -> list[Path]:
@@ -97,7 +79,14 @@ def _load_runtime_library(device: str) -> None:
                 searched = ", ".join(str(d) for d in dirs)
                 raise ArtifactError(f"cannot find {name} (searched {searched}); install the "
                                     "neo-edge device bundle or set NEO_EDGE_TVM_RUNTIME_DIR")
-            _loaded_libs[name] = ctypes.CDLL(str(found), mode=ctypes.RTLD_GLOBAL)
+            try:
+                _loaded_libs[name] = ctypes.CDLL(str(found), mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                hint = ""
+                if name == "libtvm_runtime_cuda.so":
+                    hint = (f"; its CUDA runtime {CUDA_RUNTIME_LIBRARY} (CUDA {CUDA_RUNTIME_MAJOR}) and "
+                            "the NVIDIA driver's libcuda.so.1 must be on the library path")
+                raise ArtifactError(f"cannot load {found}: {exc}{hint}") from None
             if name == "libtvm_ffi.so":
                 _ffi.bind(_loaded_libs[name])
 
@@ -158,7 +147,9 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
     offset = (-raw.ctypes.data) % _ALIGN
-    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+    # raw[offset:][:nbytes], not raw[offset:offset + nbytes]: numpy gives an empty slice
+    # (a zero-size input) the start of ``raw``, unaligned, and TVM refuses it.
+    return raw[offset:][:nbytes].view(dtype).reshape(shape)
 
 
 class EdgeModel:
@@ -170,10 +161,11 @@ class EdgeModel:
     """
 
     def __init__(self, path: Path, manifest: dict, main, params: list, vm, *,
-                 host_arrays: bool = False):
-        """``main(*inputs, *params)`` runs the model: on TVM tensors, returning a TVM
-        tensor or array of them; with ``host_arrays``, on numpy arrays, returning a
-        sequence of numpy arrays."""
+                 device: Optional[_ffi.Device] = None):
+        """``main(*inputs, *params)`` runs the model on TVM tensors and returns a TVM
+        tensor or an array of them. Without ``device``, the input tensors view this
+        object's (CPU) buffers; with it, they live on ``device`` (a GPU) and each call
+        copies the inputs there and the outputs back."""
         self.path = path
         self.manifest = manifest
         self._vm = vm  # owns the memory main's results live in: outlives every call
@@ -184,26 +176,30 @@ class EdgeModel:
         self._out_specs = [(o["name"], tuple(o["shape"]), np.dtype(o["dtype"]))
                            for o in self.outputs]
         self._outputs_checked = False
-        self._host_arrays = host_arrays
-        if host_arrays:
-            self._tensors = [self._buffers[i["name"]] for i in self.inputs]
-            self._run = lambda: main(*self._tensors)
+        self._staged = device is not None
+        if self._staged:
+            self._tensors = [_ffi.empty(i["shape"], i["dtype"], device) for i in self.inputs]
+            self._keep_alive = []
         else:
             wrapped = [_ffi.tensor_from_array(self._buffers[i["name"]]) for i in self.inputs]
             self._tensors = [t for t, _ in wrapped]
             self._keep_alive = [k for _, k in wrapped]
-            # The same input tensors (their buffers refilled) and weights every call; the
-            # bound call holds main and the weights.
-            self._run = main.bind(*self._tensors, *params)
+        # The same input tensors (refilled) and weights every call; the bound call holds
+        # main and the weights.
+        self._run = main.bind(*self._tensors, *params)
 
     # -- loading ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, num_threads: Optional[int] = None) -> "EdgeModel":
+    def load(cls, path: str | os.PathLike, *, num_threads: Optional[int] = None,
+             public_key: Optional[PublicKeyLike] = None,
+             allow_unsigned: bool = False) -> "EdgeModel":
         """Verify and load the artifact folder at ``path``.
 
-        The manifest and the sha256 of every file are checked before anything is
-        loaded: a tampered or truncated artifact raises :class:`ArtifactError`.
+        The manifest's signature (with ``public_key``), the manifest and the sha256 of
+        every file are checked before anything is loaded: a tampered or truncated
+        artifact raises :class:`ArtifactError`, a mis-signed or unsigned one its
+        subclass :class:`~neo_edge_runtime.errors.SignatureError`.
 
         Parameters
         ----------
@@ -212,9 +208,18 @@ class EdgeModel:
         num_threads:
             Size of TVM's thread pool (process-wide). Default: ``$TVM_NUM_THREADS``,
             else the physical cores this process may use.
+        public_key:
+            The public key the artifact's ``manifest.json.sig`` must verify with: PEM
+            text, the base64 of its DER, the path of a PEM file, or a
+            :class:`~neo_edge_runtime.signature.PublicKey`. Default: no signature is
+            checked (integrity only), as for a model compiled on this machine; a device
+            that takes models from elsewhere should pass one.
+        allow_unsigned:
+            With ``public_key``, also load an artifact that has no signature (a signed
+            one must still verify). Default: unsigned artifacts are refused.
         """
         path = Path(path)
-        manifest = artifact.verify(path)
+        manifest = artifact.verify(path, public_key=public_key, allow_unsigned=allow_unsigned)
         target = manifest["target"]
         device = target.get("device", "cpu")
         if target.get("arch") != host_arch():
@@ -224,33 +229,51 @@ class EdgeModel:
         if device not in _DEVICE_TYPES:
             raise ArtifactError(f"artifact device {device!r} is not supported; "
                                 f"supported devices are {', '.join(_DEVICE_TYPES)}")
-        if device == "cuda":
-            return _load_cuda(cls, path, manifest, num_threads)
         _load_runtime_library(device)
         if num_threads is not None:
             set_num_threads(num_threads)
-
         try:
-            lib = _ffi.get_global("ffi.ModuleLoadFromFile")(
-                str((path / manifest["library"]).resolve()))
-            vm = _ffi.module_function(lib, "vm_load_executable")()
-            _ffi.module_function(vm, "vm_initialization")(_DEVICE_TYPES["cpu"], 0,
-                                                          _POOLED_ALLOCATOR)
-            params: list = []
-            if manifest.get("params"):
-                # Already in the layout the kernels read: the compiler prepacks them.
-                loaded = _ffi.get_global("runtime.LoadParamsFromFile")(
-                    str(path / manifest["params"]))
-                get = _ffi.get_global("ffi.MapGetItem")
-                params = [get(loaded, f"p{k}")
-                          for k in range(_ffi.get_global("ffi.MapSize")(loaded))]
-            return cls(path, manifest, _ffi.module_function(vm, "main"), params, vm)
+            return cls._load_vm(path, manifest, device)
         except NeoEdgeError:
             raise
         except Exception as exc:  # errors raised by the TVM runtime library, through the FFI
             last = (str(exc).strip().splitlines() or [""])[-1]
             raise ArtifactError(f"artifact {str(path)!r} does not load in the TVM runtime: "
                                 f"{type(exc).__name__}: {last}") from exc
+
+    @classmethod
+    def _load_vm(cls, path: Path, manifest: dict, device: str, *,
+                 staged: Optional[bool] = None) -> "EdgeModel":
+        """The artifact's executable in a Relax VM on ``device``, through the C ABI only.
+
+        A GPU model's VM runs on the GPU with the CPU as its host (TVM's convention: the
+        host device comes last); its inputs are staged in GPU tensors. ``staged`` forces
+        that path for a CPU model (the tests exercise the GPU's code path on a CPU).
+        """
+        device_type = _DEVICE_TYPES[device]
+        if device_type != _DEVICE_TYPES["cpu"] and not _ffi.get_global("runtime.GetDeviceAttr")(
+                device_type, 0, 0):  # kExist
+            raise ArtifactError(f"artifact {str(path)!r} targets an NVIDIA GPU "
+                                f"({manifest['target']['name']}) and this machine has none "
+                                "the CUDA driver can see")
+        lib = _ffi.get_global("ffi.ModuleLoadFromFile")(str((path / manifest["library"]).resolve()))
+        vm = _ffi.module_function(lib, "vm_load_executable")()
+        devices = [(device_type, 0, _POOLED_ALLOCATOR)]
+        if device_type != _DEVICE_TYPES["cpu"]:
+            devices.append((_DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR))
+        _ffi.module_function(vm, "vm_initialization")(*[v for d in devices for v in d])
+        on = _ffi.Device(device_type, 0)
+        stage = device_type != _DEVICE_TYPES["cpu"] if staged is None else staged
+        params: list = []
+        if manifest.get("params"):
+            # Already in the layout the kernels read: the compiler prepacks them.
+            loaded = _ffi.get_global("runtime.LoadParamsFromFile")(str(path / manifest["params"]))
+            get = _ffi.get_global("ffi.MapGetItem")
+            params = [get(loaded, f"p{k}") for k in range(_ffi.get_global("ffi.MapSize")(loaded))]
+            if stage:
+                params = [_ffi.copy_to_device(p, on) for p in params]
+        return cls(path, manifest, _ffi.module_function(vm, "main"), params, vm,
+                   device=on if stage else None)
 
     # -- metadata --------------------------------------------------------------------
 
@@ -285,6 +308,15 @@ class EdgeModel:
             name, (dtype, shape) = next(iter(self._in_specs.items()))
             if inputs.dtype == dtype and inputs.shape == shape:
                 return {name: inputs}
+        if type(inputs) is dict and len(inputs) == len(self._in_specs):
+            # A dict of exactly the right arrays (the other common case), fast; anything
+            # else gets the checks below, which name what is wrong.
+            for name, (dtype, shape) in self._in_specs.items():
+                arr = inputs.get(name)
+                if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape != shape:
+                    break
+            else:
+                return inputs
         specs = {i["name"]: i for i in self.inputs}
         if not isinstance(inputs, Mapping):
             if len(specs) != 1:
@@ -341,16 +373,18 @@ class EdgeModel:
             start = time.perf_counter()
             for name, arr in checked.items():
                 np.copyto(self._buffers[name], arr)
+            if self._staged:
+                for tensor, spec in zip(self._tensors, self.inputs):
+                    _ffi.copy_from_host(tensor, self._buffers[spec["name"]])
             result = self._run()
-            if self._host_arrays:
-                fields = list(result)
-            else:  # copied out before the VM's pooled allocator reuses the memory
-                items = [result] if result.type_index == _ffi.TENSOR else _ffi.array_items(result)
-                if not self._outputs_checked:
-                    self._check_outputs(items)
-                fields = [np.empty(shape, dtype) for _, shape, dtype in self._out_specs]
-                for t, out in zip(items, fields):
-                    _ffi.copy_into(t, out)
+            # copied out before the VM's pooled allocator reuses the memory
+            items = [result] if result.type_index == _ffi.TENSOR else _ffi.array_items(result)
+            if not self._outputs_checked:
+                self._check_outputs(items)
+            fields = [np.empty(shape, dtype) for _, shape, dtype in self._out_specs]
+            copy = _ffi.copy_to_host if self._staged else _ffi.copy_into
+            for t, out in zip(items, fields):
+                copy(t, out)
             outputs = {spec[0]: f for spec, f in zip(self._out_specs, fields)}
             del result
             self._latencies.append(time.perf_counter() - start)
@@ -393,28 +427,3 @@ class EdgeModel:
             self._tensors = []
             self._keep_alive = []
             self._vm = None
-
-
-def _load_cuda(cls, path: Path, manifest: dict, num_threads: Optional[int]):  # pragma: no cover
-    """GPU artifacts go through TVM's Python runtime (still the runtime library only):
-    inputs are copied to the GPU and outputs back for each call."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    _import_tvm_ffi()
-    import tvm
-
-    dev = tvm.cuda()
-    if not dev.exist:
-        raise ArtifactError(f"artifact {str(path)!r} targets an NVIDIA GPU "
-                            f"({manifest['target']['name']}) and this machine has none")
-    if num_threads is not None:
-        set_num_threads(num_threads)
-    vm = tvm.runtime.vm.VirtualMachine(
-        tvm.runtime.load_module(str(path / manifest["library"])), dev)
-    main = vm["main"]
-
-    def run(*host_arrays):
-        out = main(*[tvm.runtime.tensor(a, device=dev) for a in host_arrays])
-        fields = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-        return tuple(f.numpy() for f in fields)
-
-    return cls(path, manifest, run, [], vm, host_arrays=True)

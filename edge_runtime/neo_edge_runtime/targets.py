@@ -29,6 +29,16 @@ GG_ARM = "arm"
 #: nothing here can run them.
 RUNTIME_ARCHES = ("x86_64", "aarch64")
 
+#: The CUDA major version ``libtvm_runtime_cuda.so`` of those wheels links (``libcudart.so.13``),
+#: and the oldest NVIDIA GPU generation that CUDA version runs: CUDA 13 dropped compute
+#: capability below 7.5 (Maxwell, Pascal, Volta; among Jetsons the TX1, TX2, Nano and
+#: Xavier, whose last JetPack ships CUDA 11).
+CUDA_RUNTIME_MAJOR = 13
+CUDA_MIN_COMPUTE_CAPABILITY = (7, 5)
+
+#: The device bundles there are: one per architecture, and one with the CUDA runtime.
+RUNTIME_BUNDLES = (*RUNTIME_ARCHES, *(f"{arch}-cuda" for arch in RUNTIME_ARCHES))
+
 # Cross toolchains (Debian packages) that link device libraries on the build machine.
 AARCH64_CC = "aarch64-linux-gnu-gcc"
 ARMHF_CC = "arm-linux-gnueabihf-gcc"
@@ -84,6 +94,28 @@ class Target:
     @property
     def is_cross(self) -> bool:
         return self.cross_compiler is not None
+
+    @property
+    def runtime_bundle(self) -> str:
+        """The device bundle an artifact for this target runs from (``RUNTIME_BUNDLES``)."""
+        return f"{self.arch}-cuda" if self.device == "cuda" else self.arch
+
+    @property
+    def runtime_problem(self) -> Optional[str]:
+        """Why no device bundle can run this target's artifacts, or ``None`` when one can."""
+        if self.arch not in RUNTIME_ARCHES:
+            return (f"apache-tvm publishes runtime wheels for {', '.join(RUNTIME_ARCHES)} only "
+                    f"(nothing to build one from for 32-bit ARM); run a 64-bit OS on the device "
+                    f"and compile for an aarch64 target")
+        sm = str(self.tvm_target.get("arch", "")) if self.device == "cuda" else ""
+        digits = sm[3:] if sm.startswith("sm_") else ""  # str.removeprefix: Python 3.9
+        if digits.isdigit() and (int(digits[:-1]), int(digits[-1])) < CUDA_MIN_COMPUTE_CAPABILITY:
+            need = ".".join(map(str, CUDA_MIN_COMPUTE_CAPABILITY))
+            return (f"the bundle's CUDA runtime is CUDA {CUDA_RUNTIME_MAJOR} (what apache-tvm's "
+                    f"wheels link), which runs on compute capability {need} and newer; "
+                    f"{self.name} is {sm}: compile for the device's CPU instead "
+                    f"(a TargetPlatform without an accelerator)")
+        return None
 
 
 def _llvm(mtriple: str, mcpu: str, mattr: tuple = ()) -> dict:

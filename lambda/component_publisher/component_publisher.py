@@ -13,7 +13,11 @@ Functions polling loop (``publish``, then ``Wait`` -> ``status`` -> ``Choice`` o
     ``runtime_uri``; ``runtime_uris[<target name>]``; ``runtime_uris[<platform
     architecture>]`` (``aarch64``, ``amd64``, ``arm``, or ``aarch64-nvidia``/``amd64-nvidia``
     for CUDA targets, whose bundle carries the CUDA runtime); ``runtime_uri`` - each looked up in
-    the event, then in ``$RUNTIME_URIS``. Optional: ``model_sha256``/``runtime_sha256`` per
+    the event, then in ``$RUNTIME_URIS``. For devices without access to the package index,
+    the wheels of the device requirements (a ``.zip``, see ``EdgeInferenceComponent``'s
+    ``device_wheels``) are found the same way in ``wheels_uri``/``wheels_uris`` and
+    ``$WHEELS_URIS``; without them the install step uses the package index, as a component
+    made without ``device_wheels`` does. Optional: ``model_sha256``/``runtime_sha256`` per
     entry, ``configuration`` (inference configuration overrides), ``component_version``,
     ``description``.
 
@@ -47,6 +51,9 @@ COMPONENT_NAME
 RUNTIME_URIS
     Optional, a JSON object: device bundle URI by target name or platform architecture.
     Default: the event must name them.
+WHEELS_URIS
+    Optional, a JSON object: device wheels URI by target name or platform architecture.
+    Default: none (devices install their requirements from the package index).
 INFERENCE_CONFIGURATION
     Optional, a JSON object of inference configuration overrides (``inputTopic``,
     ``topicPrefix``, ``threadCount``). Default: the recipe builder's.
@@ -60,7 +67,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import boto3
 from aws_lambda_powertools import Logger
@@ -125,6 +132,7 @@ class Settings:
 
     component_name: str
     runtime_uris: dict[str, Any]
+    wheels_uris: dict[str, Any]
     configuration: dict[str, Any]
     description: str
 
@@ -133,6 +141,7 @@ class Settings:
         return cls(
             component_name=_required("COMPONENT_NAME"),
             runtime_uris=_json_env("RUNTIME_URIS"),
+            wheels_uris=_json_env("WHEELS_URIS"),
             configuration=_json_env("INFERENCE_CONFIGURATION"),
             description=os.environ.get("COMPONENT_DESCRIPTION", "").strip(),
         )
@@ -170,21 +179,34 @@ def _target_entries(event: dict[str, Any]) -> list[dict[str, Any]]:
     return given
 
 
-def _runtime_uri(event: dict[str, Any], entry: dict[str, Any], platform: dict[str, str]) -> str:
-    if entry.get("runtime_uri"):
-        return entry["runtime_uri"]
+def _lookup(kind: str, configured: dict[str, Any], event: dict[str, Any],
+            entry: dict[str, Any], platform: dict[str, str]) -> Optional[str]:
+    """``<kind>_uri`` of the entry; else ``<kind>_uris[target or architecture]`` of the
+    event, then of the environment; else ``<kind>_uri`` of the event, then of the
+    environment."""
+    single, many = f"{kind}_uri", f"{kind}_uris"
+    if entry.get(single):
+        return entry[single]
     # A CUDA build of the runtime for an accelerator platform: "aarch64-nvidia".
     arch_key = "-".join(filter(None, (platform["architecture"], platform.get("accelerator"))))
-    for source in (event.get("runtime_uris") or {}, settings.runtime_uris):
+    for source in (event.get(many) or {}, configured):
         for key in (entry["target"], arch_key):
             if source.get(key):
                 return source[key]
-    for source in (event, settings.runtime_uris):
-        if source.get("runtime_uri"):
-            return source["runtime_uri"]
-    raise InvalidRequestError(f"no device bundle for target {entry['target']!r} (architecture "
-                              f"{arch_key!r}): give runtime_uri, or runtime_uris "
-                              f"keyed by target name or architecture, in the event or RUNTIME_URIS")
+    for source in (event, configured):
+        if source.get(single):
+            return source[single]
+    return None
+
+
+def _runtime_uri(event: dict[str, Any], entry: dict[str, Any], platform: dict[str, str]) -> str:
+    uri = _lookup("runtime", settings.runtime_uris, event, entry, platform)
+    if uri is None:
+        arch_key = "-".join(filter(None, (platform["architecture"], platform.get("accelerator"))))
+        raise InvalidRequestError(f"no device bundle for target {entry['target']!r} (architecture "
+                                  f"{arch_key!r}): give runtime_uri, or runtime_uris keyed by "
+                                  f"target name or architecture, in the event or RUNTIME_URIS")
+    return uri
 
 
 def _platforms(event: dict[str, Any]) -> list[recipes.PlatformArtifacts]:
@@ -199,6 +221,10 @@ def _platforms(event: dict[str, Any]) -> list[recipes.PlatformArtifacts]:
             raise InvalidRequestError(f"the device bundle of target {entry['target']!r} must be a "
                                       f".zip; got {runtime_uri!r}")
         model_uri = entry["model_uri"]
+        wheels_uri = _lookup("wheels", settings.wheels_uris, event, entry, platform)
+        if wheels_uri is not None and not wheels_uri.endswith(".zip"):
+            raise InvalidRequestError(f"the device wheels of target {entry['target']!r} must be "
+                                      f"a .zip; got {wheels_uri!r}")
         try:
             platforms.append(recipes.PlatformArtifacts(
                 platform=platform, name=entry["target"],
@@ -206,6 +232,7 @@ def _platforms(event: dict[str, Any]) -> list[recipes.PlatformArtifacts]:
                                        unarchive="ZIP" if model_uri.endswith(".zip") else "NONE"),
                 runtime=recipes.Artifact(uri=runtime_uri, sha256=entry.get("runtime_sha256"),
                                          unarchive="ZIP"),
+                wheels=recipes.Artifact(uri=wheels_uri, unarchive="ZIP") if wheels_uri else None,
             ))
         except NeoEdgeError as exc:
             raise InvalidRequestError(f"target {entry['target']!r}: {exc}") from None
@@ -227,8 +254,8 @@ def _object_identity(uri: str) -> str:
 def _fingerprint(platforms: list[recipes.PlatformArtifacts], event: dict[str, Any]) -> list[Any]:
     if event.get("fingerprint") is not None:
         return [event["fingerprint"]]
-    uris = sorted({a.uri for p in platforms for a in (p.model, p.runtime)
-                   if a.uri.startswith("s3://")})
+    uris = sorted({a.uri for p in platforms for a in (p.model, p.runtime, p.wheels)
+                   if a is not None and a.uri.startswith("s3://")})
     return [[uri, _object_identity(uri)] for uri in uris]
 
 

@@ -23,7 +23,9 @@ A message on the input topic is one of:
 - raw binary: an image file (recognised by its magic bytes) or the raw bytes of the single
   input tensor in its dtype and shape.
 
-Images are decoded with Pillow when it is installed (any format it reads) and otherwise with
+Images are decoded with Pillow when it is installed (PNG, JPEG, GIF, WebP, BMP, PGM/PPM: the
+formats recognised by their magic bytes; Pillow's other readers are not offered to requests)
+and otherwise with
 the built-in numpy decoders for PNG (8/16-bit, non-interlaced, all colour types) and binary
 PGM/PPM, which need nothing but numpy and zlib: the device bundle stays small. Then they are
 resized (bilinear), scaled, normalised and laid out (NCHW or NHWC) as the model's manifest
@@ -51,7 +53,10 @@ dtype, over ``$NEO_EDGE_MAX_PAYLOAD_BYTES``) gives ``{"request_id", "device", "m
 and a log line; nothing a request contains stops the function, and every valid request is
 answered. When requests arrive faster than they are served, the worker takes up to
 ``$NEO_EDGE_MAX_BATCH`` at a time and, when the model's batch axis is larger than 1, runs
-them through the model together.
+them through the model together; one that arrives while ``$NEO_EDGE_MAX_QUEUE`` wait is
+answered ``Busy``, and one not run within ``$NEO_EDGE_REQUEST_TIMEOUT`` of its arrival is
+answered ``Timeout`` (error types: ``PayloadError``, ``Busy``, ``Timeout``, and the model's
+own, e.g. ``InputError``).
 
 Environment variables
 ---------------------
@@ -75,7 +80,15 @@ NEO_EDGE_MAX_QUEUE
     ``Busy`` error. Default: ``256``.
 NEO_EDGE_MAX_IMAGE_PIXELS
     Optional. The most pixels an image may declare, checked in its header before it is
-    decoded. Default: 16 times the model's image input, at least 1048576 (1 MP).
+    decoded. Default: 16 times the model's image input, at least 1048576 (1 MP). It also
+    caps decompression: a PNG's pixel data is inflated in a stream that stops at the size
+    its (budgeted) header declares, and the compressed chunks that carry no pixels (text,
+    ICC profiles) are dropped unread.
+NEO_EDGE_REQUEST_TIMEOUT
+    Optional. Seconds a request may take from its arrival until it runs, a number > 0.
+    A request that waited longer in the queue, or whose decoding ran past it, is not run
+    late: it is answered at once with a ``Timeout`` error under its own request id. The
+    model call itself is not interrupted. Default: ``30``.
 NEO_EDGE_TOP_K
     Optional. Classes reported per classification. Default: ``5``.
 NEO_EDGE_TASK, NEO_EDGE_PREPROCESS
@@ -86,6 +99,33 @@ NEO_EDGE_MODEL_ROOTS
     Optional, folders separated by ``:``. A ``modelPath`` from the configuration must lie
     in one of them. Default: the folder holding ``$NEO_EDGE_MODEL_DIR`` (the component's
     work folder).
+NEO_EDGE_SIGNING_PUBLIC_KEY
+    Optional (configuration ``signingPublicKey``). The public key, PEM or the base64 of its
+    DER, that each model's ``manifest.json.sig`` must verify with before the model is
+    loaded. Default: none (the files' sha256 are checked, not who made them; logged).
+NEO_EDGE_ALLOW_UNSIGNED
+    Optional (configuration ``allowUnsigned``), ``true`` or ``false``: serve models that
+    have no signature (a signed one must still verify). Default: ``false`` when a key is
+    set, ``true`` when not; ``false`` without a key is a configuration error.
+NEO_EDGE_SUMMARY_TOPIC
+    Optional. Where summaries go. Default: ``neo-edge/<thing name>/summary``.
+NEO_EDGE_SUMMARY_SECONDS, NEO_EDGE_PUBLISH_RESULTS, NEO_EDGE_SAMPLE_RATE, NEO_EDGE_LOW_CONFIDENCE,
+NEO_EDGE_RESULTS_BATCH_SECONDS, NEO_EDGE_CAPTURE, NEO_EDGE_CAPTURE_RATE,
+NEO_EDGE_CAPTURE_DESTINATION, NEO_EDGE_CAPTURE_MAX_MB, NEO_EDGE_CAPTURE_UPLOAD_SECONDS
+    Optional. Summaries, which results are published and how they are batched, and the
+    capture of inputs for retraining: ``neo_edge_runtime.telemetry.TelemetryConfig``
+    (configuration ``summaryIntervalSeconds``, ``publishResults``, ...). Default: its
+    defaults. Without them (a ``Settings`` made in code), each result is published at once
+    and no summary is made.
+NEO_EDGE_CAPTURE_DIR
+    Optional. The capture spool. Default: ``capture`` next to the model folder.
+NEO_EDGE_SHADOW_SHARE, NEO_EDGE_SHADOW_REQUESTS, NEO_EDGE_SHADOW_MINUTES, ...
+    Optional. Health-gated rollout: a new model version runs in shadow beside the current
+    one, then is promoted or rejected, and watched after a promotion
+    (``neo_edge_runtime.rollout.RolloutConfig``; configuration ``shadowShare``, ...,
+    ``rolloutId``). Default: its defaults (``shadowShare`` 0: no shadow, a new version
+    serves at once). Decisions go to ``$NEO_EDGE_ROLLOUT_TOPIC`` (default
+    ``neo-edge/<thing name>/rollout``).
 AWS_IOT_THING_NAME
     Set by Greengrass: the device name in every result.
 
@@ -130,9 +170,13 @@ except ImportError:  # pragma: no cover - exercised on devices without Powertool
     logger = logging.getLogger("edge_inference")  # type: ignore[assignment]
 
 __all__ = ["ConfigurationError", "InferenceService", "IpcPublisher", "PayloadError", "Request",
-           "Settings", "decode_image", "handler", "main"]
+           "RequestTimeout", "Settings", "decode_image", "handler", "main"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+#: Seconds from a request's arrival until it must run (``NEO_EDGE_REQUEST_TIMEOUT``): long
+#: enough for a full queue of a slow model on a small device to drain in normal operation,
+#: short enough that a result still means something when it arrives.
+DEFAULT_REQUEST_TIMEOUT = 30.0
 #: The smallest pixel budget of an image request (see ``NEO_EDGE_MAX_IMAGE_PIXELS``).
 MIN_IMAGE_PIXELS = 1 << 20
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -145,6 +189,11 @@ class ConfigurationError(RuntimeError):
 
 class PayloadError(ValueError):
     """A request that cannot be served: the message names what is wrong with it."""
+
+
+class RequestTimeout(RuntimeError):
+    """A request that ran out of its time budget (``NEO_EDGE_REQUEST_TIMEOUT``) before it
+    was run; answered as a ``Timeout`` error."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,6 +215,20 @@ def _int_env(env: Mapping[str, str], name: str, default: int, low: int) -> int:
     return value
 
 
+def _seconds_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = str(env.get(name, "")).strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(f"environment variable {name} must be a number of seconds "
+                                 f"> 0; got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the function reads from its environment (see the module docstring)."""
@@ -180,12 +243,22 @@ class Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_batch: int = 8
     max_queue: int = 256
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_image_pixels: Optional[int] = None
     top_k: int = 5
     task: Optional[str] = None
     preprocess: Mapping[str, Any] = field(default_factory=dict)
     reload_check_seconds: float = 10.0
     model_roots: tuple = ()
+    signing_public_key: Optional[str] = None
+    allow_unsigned: bool = True
+    #: ``neo_edge_runtime.telemetry.TelemetryConfig``; None: every result at once, no summaries.
+    telemetry: Any = None
+    summary_topic: str = "neo-edge/unknown/summary"
+    capture_dir: Optional[str] = None
+    #: ``neo_edge_runtime.rollout.RolloutConfig``; None: no shadow trials.
+    rollout: Any = None
+    rollout_topic: str = "neo-edge/unknown/rollout"
 
     @property
     def allowed_model_roots(self) -> tuple:
@@ -236,14 +309,77 @@ class Settings:
                                        DEFAULT_MAX_PAYLOAD_BYTES, 1),
             max_batch=_int_env(env, "NEO_EDGE_MAX_BATCH", 8, 1),
             max_queue=_int_env(env, "NEO_EDGE_MAX_QUEUE", 256, 1),
+            request_timeout=_seconds_env(env, "NEO_EDGE_REQUEST_TIMEOUT",
+                                         DEFAULT_REQUEST_TIMEOUT),
             max_image_pixels=_int_env(env, "NEO_EDGE_MAX_IMAGE_PIXELS", 0, 0) or None,
             top_k=_int_env(env, "NEO_EDGE_TOP_K", 5, 1),
             task=task,
             preprocess=preprocess,
             reload_check_seconds=float(_int_env(env, "NEO_EDGE_RELOAD_CHECK_SECONDS", 10, 0)),
+            **_signing_settings(env),
+            **_telemetry_settings(env, device, model_dir),
+            **_rollout_settings(env, device),
             model_roots=tuple(p for p in str(env.get("NEO_EDGE_MODEL_ROOTS", "")).split(":")
                               if p.strip()),
         )
+
+
+def _rollout_settings(env: Mapping[str, str], device: str) -> dict[str, Any]:
+    """``rollout`` and ``rollout_topic`` from the environment, checked."""
+    from neo_edge_runtime.rollout import RolloutConfig, RolloutConfigError
+
+    try:
+        config = RolloutConfig.from_environment(env)
+    except RolloutConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+    topic = str(env.get("NEO_EDGE_ROLLOUT_TOPIC", "")).strip() or f"neo-edge/{device}/rollout"
+    if len(topic.encode()) > 256 or any(c in topic for c in "#+\0\n\r"):
+        raise ConfigurationError(f"environment variable NEO_EDGE_ROLLOUT_TOPIC must be an MQTT "
+                                 f"topic of at most 256 bytes without wildcards; got {topic!r}")
+    return {"rollout": config, "rollout_topic": topic}
+
+
+def _telemetry_settings(env: Mapping[str, str], device: str, model_dir: str) -> dict[str, Any]:
+    """``telemetry``, ``summary_topic`` and ``capture_dir`` from the environment, checked."""
+    from neo_edge_runtime.telemetry import TelemetryConfig, TelemetryConfigError
+
+    try:
+        config = TelemetryConfig.from_environment(env)
+    except TelemetryConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+    topic = str(env.get("NEO_EDGE_SUMMARY_TOPIC", "")).strip() or f"neo-edge/{device}/summary"
+    if len(topic.encode()) > 256 or any(c in topic for c in "#+\0\n\r"):
+        raise ConfigurationError(f"environment variable NEO_EDGE_SUMMARY_TOPIC must be an MQTT "
+                                 f"topic of at most 256 bytes without wildcards; got {topic!r}")
+    capture = (str(env.get("NEO_EDGE_CAPTURE_DIR", "")).strip()
+               or str(Path(model_dir).resolve().parent / "capture"))
+    return {"telemetry": config, "summary_topic": topic, "capture_dir": capture}
+
+
+def _signing_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """``signing_public_key`` and ``allow_unsigned`` from the environment, checked."""
+    key = str(env.get("NEO_EDGE_SIGNING_PUBLIC_KEY", "")).strip() or None
+    if key is not None:
+        from neo_edge_runtime.errors import SignatureError
+        from neo_edge_runtime.signature import parse_public_key
+
+        try:
+            parse_public_key(key)
+        except SignatureError as exc:
+            raise ConfigurationError(f"environment variable NEO_EDGE_SIGNING_PUBLIC_KEY "
+                                     f"(configuration signingPublicKey): {exc}") from None
+    given = str(env.get("NEO_EDGE_ALLOW_UNSIGNED", "")).strip()
+    raw = given.lower()
+    if raw not in ("", "true", "false"):
+        raise ConfigurationError(f"environment variable NEO_EDGE_ALLOW_UNSIGNED (configuration "
+                                 f"allowUnsigned) must be true or false; got {given!r}")
+    allow = key is None if not raw else raw == "true"
+    if not allow and key is None:
+        raise ConfigurationError("environment variable NEO_EDGE_ALLOW_UNSIGNED (configuration "
+                                 "allowUnsigned) is false but no signing public key is set "
+                                 "(NEO_EDGE_SIGNING_PUBLIC_KEY, configuration "
+                                 "signingPublicKey): set one, or allow unsigned models")
+    return {"signing_public_key": key, "allow_unsigned": allow}
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,7 +401,16 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
                            f"{max_pixels} pixels (NEO_EDGE_MAX_IMAGE_PIXELS)")
 
 
-def _decode_png(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
+def _check_deadline(deadline: Optional[float], clock: Callable[[], float] = time.monotonic
+                    ) -> None:
+    if deadline is not None and clock() > deadline:
+        raise RequestTimeout("decoding ran past the request's time budget "
+                             "(NEO_EDGE_REQUEST_TIMEOUT); not run")
+
+
+def _decode_png(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS,
+                deadline: Optional[float] = None,
+                clock: Callable[[], float] = time.monotonic) -> np.ndarray:
     pos, idat, header, palette = 8, [], None, None
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos:pos + 4])
@@ -293,17 +438,26 @@ def _decode_png(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
     bpp = channels * depth // 8
     stride = width * bpp
     expected = height * (stride + 1)
-    try:  # never more than the header's size: a small file may inflate to gigabytes
+    # Inflated as a stream that stops one byte past what the header declares (a header
+    # already within the pixel budget): a small file may inflate to gigabytes.
+    try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise PayloadError(f"undecodable image: PNG data is corrupt ({exc})") from None
-    if len(raw) != expected:
-        raise PayloadError("undecodable image: PNG data does not match its size")
+    if len(raw) > expected:
+        raise PayloadError(f"undecodable image: PNG data inflates past {expected} bytes, the "
+                           f"size its {width}x{height} header declares (the most it may "
+                           f"inflate to)")
+    if len(raw) < expected:
+        raise PayloadError(f"undecodable image: PNG data inflates to {len(raw)} bytes, short of "
+                           f"the {expected} bytes its {width}x{height} header declares")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
     out = np.zeros((height, stride), dtype=np.uint8)
     prev = np.zeros(stride, dtype=np.uint8)
     for y in range(height):
+        if y % 16 == 0:  # the Average and Paeth rows run in Python: about 1 s a megapixel
+            _check_deadline(deadline, clock)
         kind, line = rows[y, 0], rows[y, 1:]
         if kind == 0:
             cur = line.copy()
@@ -378,16 +532,43 @@ def _is_image(data: bytes) -> bool:
             or data[:3] == b"\xff\xd8\xff" or data[:4] in (b"GIF8", b"RIFF") or data[:2] == b"BM")
 
 
-def decode_image(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
+#: The Pillow readers a request may reach: the formats :func:`_is_image` recognises.
+PILLOW_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "PPM")
+#: The PNG chunks handed to Pillow; the others (zTXt, iTXt and iCCP are compressed: Pillow
+#: would inflate up to 64 MB of them per image) carry nothing the model sees.
+_PNG_PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+
+
+def _png_pixel_chunks(data: bytes) -> bytes:
+    """``data`` (a PNG file) with only the chunks that make its pixels; the rest is dropped
+    unread (a truncated chunk is kept for the decoder to refuse)."""
+    parts, pos = [data[:8]], 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        end = pos + 12 + length
+        if data[pos + 4:pos + 8] in _PNG_PIXEL_CHUNKS or end > len(data):
+            parts.append(data[pos:end])
+        if data[pos + 4:pos + 8] == b"IEND":
+            break
+        pos = end
+    return b"".join(parts)
+
+
+def decode_image(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS,
+                 deadline: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic) -> np.ndarray:
     """Decode an image file to an ``(H, W, C)`` array (uint8, or float32 for deep images).
 
     An image whose header declares more than ``max_pixels`` pixels is refused before it
-    is decoded.
+    is decoded; what a PNG inflates to is capped at the size its header declares. The
+    built-in PNG decoder stops at ``deadline`` (a ``clock()`` time).
 
     Raises
     ------
     PayloadError
         Not an image, a corrupt one, or a format the device cannot decode.
+    RequestTimeout
+        Decoding ran past ``deadline``.
     """
     try:
         from PIL import Image  # noqa: PLC0415 - optional, heavier
@@ -396,8 +577,10 @@ def decode_image(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
     if Image is not None:
         import io
 
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            data = _png_pixel_chunks(data)
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as img:
                 _check_pixels(*img.size, max_pixels)
                 img.load()
                 if img.mode not in ("L", "RGB"):
@@ -409,7 +592,7 @@ def decode_image(data: bytes, max_pixels: int = MIN_IMAGE_PIXELS) -> np.ndarray:
             raise PayloadError(f"undecodable image: {exc}") from None
         return array[..., None] if array.ndim == 2 else array
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _decode_png(data, max_pixels)
+        return _decode_png(data, max_pixels, deadline, clock)
     if data[:2] in (b"P5", b"P6"):
         return _decode_pnm(data, max_pixels)
     kind = "JPEG" if data[:3] == b"\xff\xd8\xff" else "this format"
@@ -617,17 +800,41 @@ class InferenceService:
     store:
         A ``neo_edge_runtime.ModelStore``, or anything with ``install(path)``, ``current``.
         Default: one at ``settings.store_dir``.
+    clock:
+        Seconds, monotonic: what arrival times and the time budget
+        (``settings.request_timeout``) are measured with. Default: ``time.monotonic``.
     """
 
     def __init__(self, settings: Settings, *, publisher: Optional[Publisher] = None,
-                 store: Any = None):
+                 store: Any = None, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        self.clock = clock
         self.publisher = publisher or IpcPublisher()
         if store is None:
             from neo_edge_runtime import ModelStore
 
-            store = ModelStore(settings.store_dir, num_threads=settings.num_threads)
+            store = ModelStore(settings.store_dir, num_threads=settings.num_threads,
+                               public_key=settings.signing_public_key,
+                               allow_unsigned=settings.allow_unsigned)
+            if settings.signing_public_key is None:
+                logger.warning("no signing public key is configured (signingPublicKey): "
+                               "models are checked against their manifest, not for who "
+                               "signed it")
         self.store = store
+        from neo_edge_runtime.telemetry import Telemetry, TelemetryConfig
+
+        # No telemetry settings: each result is published at once (a batch of one).
+        self.telemetry = Telemetry(
+            settings.telemetry or TelemetryConfig(summary_seconds=0, batch_seconds=0),
+            self.publisher.publish, device=settings.device, summary_topic=settings.summary_topic,
+            capture_dir=settings.capture_dir, on_error=logger.error)
+        from neo_edge_runtime.rollout import RolloutConfig, RolloutController
+
+        self.rollout = RolloutController(
+            settings.rollout or RolloutConfig(), store,
+            publish=lambda message: self.publisher.publish(settings.rollout_topic, message),
+            postprocess=self.postprocess, device=settings.device,
+            log=lambda level, message: getattr(logger, level)(message), clock=clock)
         self._model_dir = settings.model_dir
         self._watched: Optional[tuple] = None
         self._last_check = 0.0
@@ -663,6 +870,8 @@ class InferenceService:
             self._watched = self._stamp(model_dir)
             before = self.model
             try:
+                if self.rollout.offer(model_dir):  # on trial beside the current version
+                    return False
                 model = self.store.install(model_dir)
             except Exception as exc:
                 logger.error(f"model at {model_dir} was not installed; "
@@ -679,6 +888,7 @@ class InferenceService:
 
     def maybe_reload(self, *, force: bool = False) -> None:
         """Reload when the model folder's manifest changed (checked every few seconds)."""
+        self.rollout.tick()
         now = time.monotonic()
         if not force and now - self._last_check < self.settings.reload_check_seconds:
             return
@@ -688,7 +898,16 @@ class InferenceService:
             self.load(self._model_dir)
 
     def on_configuration(self, configuration: Mapping[str, Any]) -> None:
-        """Apply a component configuration: ``modelPath`` and ``threadCount``."""
+        """Apply a component configuration: ``modelPath``, ``threadCount`` and the telemetry
+        keys (``neo_edge_runtime.telemetry.TelemetryConfig``; a bad one is refused, logged)."""
+        try:
+            self.telemetry.reconfigure(configuration)
+        except ValueError as exc:
+            logger.error(f"telemetry configuration not applied: {exc}")
+        try:
+            self.rollout.reconfigure(configuration)
+        except ValueError as exc:
+            logger.error(f"rollout configuration not applied: {exc}")
         path = configuration.get("modelPath")
         threads = configuration.get("threadCount")
         if isinstance(threads, (int, float)) and not isinstance(threads, bool) and threads >= 0:
@@ -709,13 +928,15 @@ class InferenceService:
 
     # -- requests --------------------------------------------------------------------
 
-    def decode(self, payload: Any) -> Request:
+    def decode(self, payload: Any, deadline: Optional[float] = None) -> Request:
         """Turn a message (bytes, text or parsed JSON) into a :class:`Request`.
 
         Raises
         ------
         PayloadError
             With ``request_id`` set as an attribute when the payload named one.
+        RequestTimeout
+            Decoding ran past ``deadline`` (a ``clock()`` time); ``request_id`` as above.
         """
         model = self.model
         if isinstance(payload, (bytes, bytearray, memoryview)):
@@ -734,7 +955,8 @@ class InferenceService:
                     return raw
             elif _is_image(data):
                 spec = _single_input(model)
-                return Request(uuid.uuid4().hex, {spec["name"]: self._image(data, spec)})
+                return Request(uuid.uuid4().hex,
+                               {spec["name"]: self._image(data, spec, deadline)})
             else:
                 raw = self._raw_tensor(model, data)
                 if raw is None:
@@ -768,8 +990,8 @@ class InferenceService:
         elif not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
             raise PayloadError(f"request_id must match {_REQUEST_ID.pattern}; got {request_id!r}")
         try:
-            return Request(request_id, self._inputs(payload, model))
-        except PayloadError as exc:
+            return Request(request_id, self._inputs(payload, model, deadline))
+        except (PayloadError, RequestTimeout) as exc:
             exc.request_id = request_id  # type: ignore[attr-defined]
             raise
         except (ArithmeticError, LookupError, TypeError, ValueError, MemoryError,
@@ -803,9 +1025,10 @@ class InferenceService:
         options.update(self.settings.preprocess)
         return options
 
-    def _image(self, data: bytes, spec: Mapping[str, Any]) -> np.ndarray:
-        return _preprocess_image(decode_image(data, self._pixel_budget(spec)), spec,
-                                 self._preprocess_options(self.model))
+    def _image(self, data: bytes, spec: Mapping[str, Any],
+               deadline: Optional[float] = None) -> np.ndarray:
+        image = decode_image(data, self._pixel_budget(spec), deadline, self.clock)
+        return _preprocess_image(image, spec, self._preprocess_options(self.model))
 
     def _pixel_budget(self, spec: Mapping[str, Any]) -> int:
         """Pixels an image for ``spec`` may declare: the setting, else 16 times the input's
@@ -815,7 +1038,8 @@ class InferenceService:
         dims = sorted(int(d) for d in spec["shape"])[-2:]
         return max(MIN_IMAGE_PIXELS, 16 * math.prod(dims))
 
-    def _inputs(self, payload: Mapping[str, Any], model: Any) -> dict[str, np.ndarray]:
+    def _inputs(self, payload: Mapping[str, Any], model: Any,
+                deadline: Optional[float] = None) -> dict[str, np.ndarray]:
         if "inputs" in payload:
             given = payload["inputs"]
             if not isinstance(given, Mapping) or not given:
@@ -844,7 +1068,7 @@ class InferenceService:
                 data = base64.b64decode(payload["image"], validate=True)
             except (binascii.Error, TypeError, ValueError):
                 raise PayloadError("'image' is not valid base64") from None
-            return {spec["name"]: self._image(data, spec)}
+            return {spec["name"]: self._image(data, spec, deadline)}
         raise PayloadError("a JSON request needs one of 'tensor', 'inputs', 'data' or 'image'; "
                            f"got keys {sorted(payload)}")
 
@@ -912,9 +1136,12 @@ class InferenceService:
         self._publish(self.settings.errors_topic, result)
         return result
 
-    def _publish(self, topic: str, result: Mapping[str, Any]) -> None:
+    def _publish(self, topic: str, result: Mapping[str, Any],
+                 inputs: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        """Through the telemetry: counted in the summary, published (batched) if chosen,
+        its ``inputs`` captured if chosen."""
         try:
-            self.publisher.publish(topic, result)
+            self.telemetry.record(topic, result, inputs)
         except Exception as exc:  # the result is lost, the function is not
             logger.error(f"could not publish to {topic}: {exc!r}")
 
@@ -955,9 +1182,11 @@ class InferenceService:
             if len(requests) > 1:  # one bad request must not fail the others
                 return [r for req in requests
                         for r in self._predict(model, [req], batch_size, axis)]
-            return [self._publish_error(requests[0].request_id, type(exc).__name__, str(exc))]
+            failed = [self._publish_error(requests[0].request_id, type(exc).__name__, str(exc))]
+            self.rollout.observe(model, None, [requests[0].request_id], failed, axis, None)
+            return failed
         latency = (time.perf_counter() - start) * 1000.0
-        done = time.monotonic()
+        done = self.clock()
         results = []
         for index, request in enumerate(requests):
             try:
@@ -970,25 +1199,50 @@ class InferenceService:
             result.update(latency_ms=round(latency, 3),
                           queue_ms=round(max(0.0, (done - request.received) * 1000.0 - latency), 3),
                           batch_size=batch_size, **summary)
-            self._publish(self.settings.results_topic, result)
+            self._publish(self.settings.results_topic, result, request.inputs)
             results.append(result)
+        self.rollout.observe(model, inputs, [r.request_id for r in requests], results, axis,
+                             latency)
         return results
 
-    def handle(self, payloads: list[Any]) -> list[dict[str, Any]]:
-        """Serve a batch of raw messages: one result (or error result) per message, in order."""
+    def handle(self, payloads: list[Any],
+               received: Optional[list[float]] = None) -> list[dict[str, Any]]:
+        """Serve a batch of raw messages: one result (or error result) per message, in order.
+
+        ``received`` is when each message arrived (``clock()`` times; default: now). A
+        message still waiting to be decoded, or decoded but not yet run, when its time
+        budget (``settings.request_timeout``) is spent is answered with a ``Timeout``
+        error under its own request id instead of being run late.
+        """
         self.maybe_reload()
         model = self.model
+        now = self.clock()
+        arrived = list(received) if received is not None else [now] * len(payloads)
         decoded: list[tuple[int, Request]] = []
         results: list[Optional[dict[str, Any]]] = [None] * len(payloads)
         for i, payload in enumerate(payloads):
+            deadline = arrived[i] + self.settings.request_timeout
             try:
-                decoded.append((i, self.decode(payload)))
+                if self.clock() > deadline:
+                    raise RequestTimeout("waiting")
+                request = self.decode(payload, deadline)
+                request.received = arrived[i]
+                decoded.append((i, request))
+            except RequestTimeout as exc:
+                request_id = (getattr(exc, "request_id", None)
+                              or _request_id_of(payload, self.settings.max_payload_bytes))
+                results[i] = self._publish_timeout(request_id, arrived[i], "decoded")
             except PayloadError as exc:
                 request_id = getattr(exc, "request_id", None) or uuid.uuid4().hex
                 results[i] = self._publish_error(request_id, "PayloadError", str(exc))
             except Exception as exc:  # noqa: BLE001 - never die on input
                 logger.exception("unexpected error decoding a request")
                 results[i] = self._publish_error(uuid.uuid4().hex, type(exc).__name__, str(exc))
+        late = [(i, r) for i, r in decoded
+                if self.clock() > r.received + self.settings.request_timeout]
+        for i, request in late:
+            results[i] = self._publish_timeout(request.request_id, request.received, "run")
+        decoded = [(i, r) for i, r in decoded if results[i] is None]
         if decoded:
             try:
                 served = self._run(model, [r for _, r in decoded])
@@ -999,6 +1253,13 @@ class InferenceService:
             for (i, _), result in zip(decoded, served):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def _publish_timeout(self, request_id: str, arrived: float, stage: str) -> dict[str, Any]:
+        waited = max(0.0, self.clock() - arrived)
+        return self._publish_error(
+            request_id, "Timeout",
+            f"request not {stage} within its time budget of {self.settings.request_timeout:g} s "
+            f"(NEO_EDGE_REQUEST_TIMEOUT): {waited:.3f} s since it arrived; not run")
 
     # -- process mode ----------------------------------------------------------------
 
@@ -1016,7 +1277,7 @@ class InferenceService:
                                 f"{self.settings.max_payload_bytes} bytes")
             return
         try:
-            self.queue.put_nowait((payload, time.monotonic()))
+            self.queue.put_nowait((payload, self.clock()))
         except queue.Full:
             self._publish_error(_request_id_of(payload), "Busy",
                                 f"{self.settings.max_queue} requests are waiting; try again "
@@ -1028,6 +1289,7 @@ class InferenceService:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
             self.maybe_reload()
+            self.telemetry.tick()
             return 0
         items = [first]
         while len(items) < self.settings.max_batch:
@@ -1035,7 +1297,7 @@ class InferenceService:
                 items.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-        self.handle([payload for payload, _ in items])
+        self.handle([payload for payload, _ in items], [arrived for _, arrived in items])
         for _ in items:
             self.queue.task_done()
         return len(items)
@@ -1056,6 +1318,7 @@ class InferenceService:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
+        self.telemetry.flush()
 
 
 def _within(path: str, root: str) -> bool:
@@ -1067,11 +1330,11 @@ def _within(path: str, root: str) -> bool:
     return True
 
 
-def _request_id_of(payload: Any) -> str:
-    """The request id a message names, read cheaply (no decoding of its inputs); else a
-    new one."""
+def _request_id_of(payload: Any, limit: int = 1 << 16) -> str:
+    """The request id a message names, read cheaply (no decoding of its inputs; JSON text
+    of at most ``limit`` bytes parsed); else a new one."""
     try:
-        if isinstance(payload, (bytes, bytearray, str)) and len(payload) <= 1 << 16:
+        if isinstance(payload, (bytes, bytearray, str)) and len(payload) <= limit:
             payload = json.loads(payload)
         value = payload.get("request_id") if isinstance(payload, dict) else None
     except (ValueError, RecursionError):

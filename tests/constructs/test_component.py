@@ -49,17 +49,18 @@ def files(tmp_path_factory):
     return SimpleNamespace(
         rasp4b=make_artifact(root / "rasp4b", "rasp4b"),
         ml_c5=make_artifact(root / "ml_c5", "ml_c5"),
-        jetson=make_artifact(root / "jetson", "jetson_xavier"),
+        gpu=make_artifact(root / "gpu", "ml_g4dn"),
         rasp4b_v2=make_artifact(root / "rasp4b-v2", "rasp4b", b"lib-v2"),
         bundles={"aarch64": make_bundle(root / "bundle-aarch64"),
-                 "x86_64": make_bundle(root / "bundle-x86_64")})
+                 "x86_64": make_bundle(root / "bundle-x86_64"),
+                 "x86_64-cuda": make_bundle(root / "bundle-x86_64-cuda")})
 
 
 def inference_stack(files, models=None, stack_id="Comp", **kwargs):
     app = cdk.App()
     stack = cdk.Stack(app, stack_id)
     if models is None:
-        models = [files.rasp4b, files.ml_c5, files.jetson]
+        models = [files.rasp4b, files.ml_c5, files.gpu]
     component = EdgeInferenceComponent(stack, "Classifier", component_name="com.example.Classifier",
                                        models=models, runtime_bundles=files.bundles, **kwargs)
     return app, stack, component
@@ -109,11 +110,32 @@ def test_synthesized_recipe_passes_the_gdk_schema(built, gdk_recipe_errors):
 def test_one_manifest_per_target_most_specific_first(built):
     recipe = inline_recipe(built.template, "Classifier")
     assert [(m["Name"], m["Platform"]) for m in recipe["Manifests"]] == [
-        ("jetson_xavier", {"os": "linux", "architecture": "aarch64", "accelerator": "nvidia"}),
+        ("ml_g4dn", {"os": "linux", "architecture": "amd64", "accelerator": "nvidia"}),
         ("rasp4b", {"os": "linux", "architecture": "aarch64"}),
         ("ml_c5", {"os": "linux", "architecture": "amd64"}),
     ]
-    assert [t.name for t in built.component.targets] == ["jetson_xavier", "rasp4b", "ml_c5"]
+    assert [t.name for t in built.component.targets] == ["ml_g4dn", "rasp4b", "ml_c5"]
+
+
+def test_nvidia_targets_ship_the_cuda_bundle(built):
+    recipe = inline_recipe(built.template, "Classifier")
+    runtime = {m["Name"]: m["Artifacts"][0]["Uri"] for m in recipe["Manifests"]}
+    assets = built.component.runtime_bundle_assets
+    assert sorted(assets) == ["aarch64", "x86_64", "x86_64-cuda"]
+    assert runtime["ml_g4dn"].endswith(assets["x86_64-cuda"].s3_object_key)
+    assert runtime["ml_c5"].endswith(assets["x86_64"].s3_object_key)
+
+
+@pytest.mark.parametrize("target", ["jetson_xavier", "jetson_nano", "ml_p3"])
+def test_fails_when_the_gpu_predates_the_cuda_runtime(files, tmp_path, target):
+    """The CUDA bundle's runtime is CUDA 13 (what the apache-tvm wheels link): a GPU older
+    than compute capability 7.5 would fail on the device, so synth refuses it."""
+    old = make_artifact(tmp_path / target, target)
+    with pytest.raises(ValueError, match=f"no edge runtime runs {target}: the bundle's CUDA "
+                                         r"runtime is CUDA 13 .* compute capability 7.5 and "
+                                         "newer"):
+        EdgeInferenceComponent(cdk.Stack(cdk.App(), "S"), "C", component_name="c",
+                               models=[files.rasp4b, old], runtime_bundles=files.bundles)
 
 
 def test_artifacts_are_assets_unpacked_on_the_device(built):
@@ -121,9 +143,8 @@ def test_artifacts_are_assets_unpacked_on_the_device(built):
     arts = recipe["Manifests"][2]["Artifacts"]
     assert all(a["Uri"].startswith("s3://bucket/") and a["Uri"].endswith(".zip") for a in arts)
     assert [a["Unarchive"] for a in arts] == ["ZIP", "ZIP"]
-    # the x86_64 bundle for ml_c5, the aarch64 one for the two others
-    assert arts[0]["Uri"] != recipe["Manifests"][1]["Artifacts"][0]["Uri"]
-    assert recipe["Manifests"][0]["Artifacts"][0] == recipe["Manifests"][1]["Artifacts"][0]
+    # the CUDA bundle for ml_g4dn, the aarch64 one for rasp4b, the x86_64 one for ml_c5
+    assert len({m["Artifacts"][0]["Uri"] for m in recipe["Manifests"]}) == 3
 
 
 def test_component_version_matches_recipe(built):
@@ -138,7 +159,7 @@ def test_resynth_gives_the_same_version(built, files):
 
 
 def test_new_model_gives_a_new_version(built, files):
-    _, _, changed = inference_stack(files, models=[files.rasp4b_v2, files.ml_c5, files.jetson])
+    _, _, changed = inference_stack(files, models=[files.rasp4b_v2, files.ml_c5, files.gpu])
     assert changed.component_version != built.component.component_version
 
 
@@ -193,8 +214,8 @@ def test_device_wheels_are_an_artifact_installed_from_without_the_index(offline,
         folder = "{artifacts:decompressedPath}/" + wheels["Uri"].rsplit("/", 1)[-1][:-len(".zip")]
         assert (f'--only-binary=:all: --no-index --find-links "{folder}" '
                 f"-r runtime/requirements-device.txt") in manifest["Lifecycle"]["Install"]["Script"]
-    jetson, rasp4b, ml_c5 = (m["Artifacts"][2]["Uri"] for m in recipe["Manifests"])
-    assert jetson == rasp4b != ml_c5  # aarch64, aarch64, x86_64
+    gpu, rasp4b, ml_c5 = (m["Artifacts"][2]["Uri"] for m in recipe["Manifests"])
+    assert gpu == ml_c5 != rasp4b  # x86_64, aarch64, x86_64: wheels go by architecture
     assert sorted(offline.component.device_wheel_assets) == ["aarch64", "x86_64"]
 
 
@@ -205,8 +226,8 @@ def test_device_wheels_are_granted_to_the_fleet(offline):
     offline.component.grant_artifacts_read(role)
     (statement,) = stack.resolve(role.node.find_child("DefaultPolicy").document.to_json())[
         "Statement"]
-    # two device bundles, two wheel folders, three models
-    assert len(statement["Resource"]) == 7
+    # three device bundles (aarch64, x86_64, x86_64-cuda), two wheel folders, three models
+    assert len(statement["Resource"]) == 8
 
 
 def test_fails_when_device_wheels_miss_an_architecture(files, tmp_path):
@@ -234,8 +255,9 @@ def test_grant_artifacts_read_is_per_object(built):
     (statement,) = resources["Statement"]
     assert statement["Action"] == "s3:GetObject"
     keys = [json.dumps(r) for r in statement["Resource"]]
-    # two device bundles (aarch64, x86_64) and three models, each object by its exact key
-    assert len(keys) == 5 and all(k.endswith('.zip"]]}') and "*" not in k for k in keys)
+    # three device bundles (aarch64, x86_64, x86_64-cuda) and three models, each object by
+    # its exact key
+    assert len(keys) == 6 and all(k.endswith('.zip"]]}') and "*" not in k for k in keys)
 
 
 def test_lambda_component_from_a_version(built):
@@ -292,10 +314,10 @@ def test_fails_when_a_runtime_bundle_is_missing(files):
     app = cdk.App()
     stack = cdk.Stack(app, "S")
     with pytest.raises(ValueError) as exc:
-        EdgeInferenceComponent(stack, "C", component_name="c", models=[files.rasp4b, files.jetson],
+        EdgeInferenceComponent(stack, "C", component_name="c", models=[files.rasp4b, files.gpu],
                                runtime_bundles={"x86_64": files.bundles["x86_64"]})
-    assert str(exc.value) == ("runtime_bundles needs a device bundle for aarch64 (rasp4b, "
-                              "jetson_xavier); got bundles for x86_64")
+    assert str(exc.value) == ("runtime_bundles needs a device bundle for aarch64 (rasp4b), "
+                              "x86_64-cuda (ml_g4dn); got bundles for x86_64")
 
 
 def test_fails_when_a_target_is_32_bit_arm(files, tmp_path):
@@ -313,7 +335,8 @@ def test_fails_when_runtime_bundle_arch_is_greengrass_style(files):
     with pytest.raises(ValueError) as exc:
         EdgeInferenceComponent(cdk.Stack(cdk.App(), "S"), "C", component_name="c",
                                models=[files.rasp4b], runtime_bundles={"amd64": "x"})
-    assert str(exc.value) == "runtime_bundles keys must be among x86_64, aarch64; got amd64"
+    assert str(exc.value) == ("runtime_bundles keys must be among x86_64, aarch64, x86_64-cuda, "
+                              "aarch64-cuda; got amd64")
 
 
 def test_fails_when_no_models(files):

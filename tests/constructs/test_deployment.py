@@ -245,26 +245,27 @@ def test_merge_is_json(built):
     assert json.loads(merge) == {"logsUploaderConfiguration": {}}
 
 
-def test_neo_compilation_jobs_deploy_to_the_fleet(files):
-    """NeoCompilationJob outputs (deploy-time URIs) -> component -> deployment, nag-clean."""
-    from neo_edge import Framework, ModelArtifactBucket, NeoCompilationJob
+def test_edge_compilation_jobs_deploy_to_the_fleet(files):
+    """EdgeCompilationJob outputs (deploy-time URIs) -> component -> deployment, nag-clean."""
+    from neo_edge import EdgeCompilationJob, Framework, ModelArtifactBucket
     app = cdk.App()
     stack = cdk.Stack(app, "Neo")
     models = ModelArtifactBucket(stack, "Models")
-    jobs = NeoCompilationJob.for_targets(stack, "Xgb", bucket=models, model="models/model.tar.gz",
-                                         framework=Framework.XGBOOST,
-                                         targets=["rasp4b", "ml_c5", "jetson_xavier"])
+    jobs = EdgeCompilationJob.for_targets(stack, "Xgb", bucket=models, model="models/model.tar.gz",
+                                          framework=Framework.XGBOOST,
+                                          targets=["rasp4b", "ml_c5", "ml_g4dn"])
     fleet = EdgeFleet(stack, "Fleet", fleet_name="neo-fleet")
     component = EdgeInferenceComponent(stack, "Classifier", component_name="com.example.Xgb",
                                        models=list(jobs.values()),
                                        runtime_bundles={"aarch64": files.bundles["aarch64"],
-                                                        "x86_64": files.bundles["aarch64"]})
+                                                        "x86_64": files.bundles["aarch64"],
+                                                        "x86_64-cuda": files.bundles["aarch64"]})
     EdgeDeployment(stack, "Deployment", fleet=fleet, components=[component])
     template = synth_checked(app, stack)
     recipe = json.loads("".join(p if isinstance(p, str) else "X" for p in next(iter(
         template.find_resources("AWS::GreengrassV2::ComponentVersion").values()
     ))["Properties"]["InlineRecipe"]["Fn::Join"][1]))
-    assert [m["Name"] for m in recipe["Manifests"]] == ["jetson_xavier", "rasp4b", "ml_c5"]
+    assert [m["Name"] for m in recipe["Manifests"]] == ["ml_g4dn", "rasp4b", "ml_c5"]
     assert all(m["Artifacts"][1] == {"Uri": "X", "Unarchive": "NONE",
                                      "Permission": {"Read": "OWNER", "Execute": "NONE"}}
                for m in recipe["Manifests"])

@@ -67,7 +67,8 @@ def test_package_reexports_every_construct_and_interface():
                   if inspect.isclass(getattr(neo_edge, name))
                   and issubclass(getattr(neo_edge, name), Construct)}
     assert constructs == {
-        "CloudInferenceEndpoint", "EdgeDeployment", "EdgeFleet", "EdgeInferenceComponent",
+        "ArtifactSigningKey", "CanaryRollout", "CloudInferenceEndpoint", "EdgeCompilationJob",
+        "EdgeCompilationSet", "EdgeDeployment", "EdgeFleet", "EdgeInferenceComponent",
         "EdgeLambdaComponent", "EdgeTelemetry", "ModelArtifactBucket", "NeoCompilationJob",
         "NeoCompilationSet", "NeoEdgePipeline", "RetrainPipeline", "TrainingJob"}
     assert constructs <= set(neo_edge.__all__)

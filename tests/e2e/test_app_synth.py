@@ -1,5 +1,6 @@
 """The reference app synthesizes: in-process with cdk-nag and cfn-lint, and through the
-pinned npm CDK CLI (``npx cdk synth``), with no AWS account."""
+pinned npm CDK CLI (``npx cdk synth``), with no AWS account; checkov finds nothing in it
+that the library does not skip with a written reason."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from checks import synth_checked
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
+#: checkov, in the venv of its own that ``make setup`` builds from requirements-checkov.lock.
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 
 
 def load_app():
@@ -89,3 +92,37 @@ def test_npx_cdk_synth(tmp_path):
     template = json.loads((out / "NeoEdgeStack.template.json").read_text())
     kinds = {r["Type"] for r in template["Resources"].values()}
     assert {"AWS::GreengrassV2::Deployment", "AWS::StepFunctions::StateMachine"} <= kinds
+
+
+@pytest.mark.skipif(not CHECKOV.exists(),
+                    reason="checkov's own venv (.venv-checkov, from requirements-checkov.lock) "
+                           "is not installed: `make setup` builds it, and `make test` runs this")
+def test_checkov_fails_no_check_without_a_written_reason(synthesized, tmp_path):
+    """checkov over the reference app's template: every check passes or is skipped in the
+    resource's metadata with a reason (neo_edge/_checkov.py); the skips are printed."""
+    template = tmp_path / "NeoEdgeStack.template.json"
+    template.write_text(json.dumps(synthesized.to_json()))
+    result = subprocess.run(
+        [str(CHECKOV), "--file", str(template), "--framework", "cloudformation",
+         "--output", "json", "--skip-download", "--compact"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "LOG_LEVEL": "ERROR"})
+    assert result.returncode in (0, 1), result.stderr[-4000:]
+    reports = json.loads(result.stdout)
+    (report,) = reports if isinstance(reports, list) else [reports]
+    assert report["check_type"] == "cloudformation"
+    summary = report["summary"]
+    assert summary["parsing_errors"] == 0 and summary["resource_count"] > 50, summary
+    failed = [f"{f['check_id']} {f['resource']}: {f['check_name']}"
+              for f in report["results"]["failed_checks"]]
+    skipped = report["results"]["skipped_checks"]
+    print(f"\ncheckov {summary['checkov_version']}: {summary['passed']} passed, "
+          f"{summary['failed']} failed, {summary['skipped']} skipped")
+    for check in skipped:
+        print(f"  skipped {check['check_id']} {check['resource']}: "
+              f"{check['check_result'].get('suppress_comment')}")
+    assert not failed, "checkov checks failed without a skip and its reason:\n" + "\n".join(failed)
+    unexplained = [f"{c['check_id']} {c['resource']}" for c in skipped
+                   if c["check_result"].get("suppress_comment", "No comment provided").strip()
+                   in ("", "No comment provided")]
+    assert not unexplained, "skipped without a reason: " + ", ".join(unexplained)
+    assert summary["passed"] > 0 and skipped

@@ -122,6 +122,45 @@ def test_the_device_ran_numpy_and_the_ipc_client_from_the_component_venv(quick_r
 
 
 @pytest.mark.slow
+def test_a_degraded_version_is_rejected_in_shadow_and_a_good_one_promoted(quick_run):
+    """Two new versions of the MLP reached the serving device as configuration updates
+    (modelPath, shadowShare > 0): the one with perturbed weights ran beside 1.0.0 on half
+    of the requests, was rejected and answered no caller; the one rounded to half
+    precision was promoted, answered the callers after that, and its health watch ended
+    healthy. The decisions are the device's own messages, printed with their figures."""
+    proc, summary, workdir = quick_run
+    degraded, good = summary["device"]["mlp"]["rollout"]
+    assert (degraded["version"], degraded["decision"], degraded["health"]) == \
+        ("1.1.0", "reject", None)
+    assert degraded["figures"]["agreement"] < 0.9 and degraded["figures"]["requests"] == 30
+    assert any(r.startswith("top-1 agreement") for r in degraded["reasons"])
+    assert degraded["staged"] == "1.1.0" and degraded["answered"] == 0
+    assert set(degraded["answered_by"]) == {"1.0.0"} and degraded["serving"] == "1.0.0"
+    assert not any(v.startswith("1.1.0-") for v in degraded["store_versions"])
+    assert (good["version"], good["decision"], good["health"]) == ("1.2.0", "promote", "healthy")
+    assert good["figures"]["agreement"] >= 0.9 and good["reasons"] == []
+    assert good["answered_by"]["1.2.0"] == good["answered"] >= 1 and good["serving"] == "1.2.0"
+    for entry in (degraded, good):
+        f = entry["figures"]
+        assert f["error_rate_candidate"] == f["error_rate_current"] == 0.0
+        assert f["latency_p90_candidate_ms"] > 0 and f["latency_p90_current_ms"] > 0
+        printed = re.search(rf"{re.escape(entry['version'])} \(.*\) in shadow beside 1\.0\.0: "
+                            rf"30 paired requests, top-1 agreement ([0-9.]+), error rate "
+                            rf"0\.000/0\.000, latency p90 [0-9.]+/[0-9.]+ ms \(new/serving\) -> "
+                            rf"(\w+)", proc.stdout)
+        assert printed, proc.stdout[-3000:]
+        assert printed.groups() == (f"{f['agreement']:.3f}", entry["decision"])
+    # What the device published on its rollout topic, as the cloud side receives it.
+    published = [json.loads(line)["message"] for line in
+                 (workdir / "device" / "com.neoedge.DigitsMlp" / "sim" / "rollouts.jsonl")
+                 .read_text().splitlines()]
+    assert [(m["model_version"], m["event"], m["decision"]) for m in published] == [
+        ("1.1.0", "shadow", "reject"), ("1.2.0", "shadow", "promote"),
+        ("1.2.0", "health", "healthy")]
+    assert {m["schema"] for m in published} == {"neo-edge.rollout/1"}
+
+
+@pytest.mark.slow
 def test_artifacts_are_compiled_for_host_and_an_arm_device(quick_run):
     _, summary, _ = quick_run
     for kind in ("mlp", "xgboost"):
@@ -359,7 +398,10 @@ def test_hostile_configuration_values_reach_the_process_verbatim(local_mode, tmp
     python.write_text(f"#!{sys.executable}\nimport json, os\n"
                       f"json.dump(dict(os.environ), open({str(dump)!r}, 'w'))\n")
     python.chmod(0o755)
-    variables = dict(component="com.example.Classifier", configuration=hostile,
+    # A deployment merges the hostile values into the recipe's default configuration (the
+    # run step's Setenv names every key of it).
+    merged = {**inference["ComponentConfiguration"]["DefaultConfiguration"], **hostile}
+    variables = dict(component="com.example.Classifier", configuration=merged,
                      paths={"work": work, "path": tmp_path, "decompressedPath": tmp_path,
                             "root": tmp_path})
     env = {"PATH": "/usr/bin:/bin", **local_mode.lifecycle_environment(life, **variables)}
@@ -370,3 +412,21 @@ def test_hostile_configuration_values_reach_the_process_verbatim(local_mode, tmp
     assert seen["NEO_EDGE_RESULTS_TOPIC"].startswith(hostile["topicPrefix"] + "/")
     assert not (tmp_path / "pwned").exists()
     assert shlex.split(script)[0] == "exec"
+
+
+@pytest.mark.slow
+def test_the_retraining_step_consumes_what_the_device_captured(quick_run):
+    """The simulated device captured a tenth of its requests (and the notable ones) into the
+    folder standing for the capture prefix; labelled, they joined the training channel."""
+    _, summary, workdir = quick_run
+    retraining = summary["retraining"]
+    captured = retraining["captured"]
+    assert captured["rows"] >= 5 and captured["labelled"] == captured["rows"]
+    channel = Path(retraining["channel"])
+    files = sorted(p.name for p in channel.glob("*.csv"))
+    assert "digits.csv" in files and len(files) >= 2
+    assert retraining["evaluated_on"] == 150 - captured["rows"]
+    assert retraining["accuracy"] > 0.8
+    uploads = list((workdir / "bucket" / "captured").rglob("*.jsonl"))
+    assert uploads and all(json.loads(line)["model_version"] for f in uploads
+                           for line in f.read_text().splitlines())

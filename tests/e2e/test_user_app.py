@@ -113,7 +113,7 @@ USER_APP = textwrap.dedent('''
     import neo_edge as ne
 
     BUNDLES = {"aarch64": os.environ["BUNDLE_AARCH64"], "x86_64": os.environ["BUNDLE_X86_64"]}
-    TARGETS = ["rasp4b", "jetson_xavier", "ml_c5"]
+    TARGETS = ["rasp4b", "ml_c5"]
 
     app = cdk.App()
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
@@ -133,10 +133,14 @@ USER_APP = textwrap.dedent('''
                               input_channels={"train": "datasets/train/"}, content_type="text/csv",
                               hyperparameters={"objective": "multi:softprob", "num_class": 3,
                                                "num_round": 20})
-    compiled = ne.NeoCompilationSet(ml, "Compile", bucket=bucket, model=training,
-                                    framework=ne.Framework.XGBOOST, targets=TARGETS,
-                                    output_prefix="compiled/")
-    ne.CloudInferenceEndpoint(ml, "Endpoint", model=compiled.jobs["ml_c5"])
+    # Devices: neo-edge's compiler in CodeBuild; the endpoint: SageMaker Neo.
+    compiled = ne.EdgeCompilationSet(ml, "Compile", bucket=bucket, model=training,
+                                     framework=ne.Framework.XGBOOST, targets=TARGETS,
+                                     output_prefix="compiled/")
+    neo = ne.NeoCompilationJob(ml, "CompileForEndpoint", bucket=bucket, model=training,
+                               framework=ne.Framework.XGBOOST, target="ml_c5",
+                               output_prefix="compiled/endpoint/")
+    ne.CloudInferenceEndpoint(ml, "Endpoint", model=neo)
     classifier = ne.EdgeInferenceComponent(
         ml, "Classifier", component_name="com.acme.Classifier",
         models=list(compiled.jobs.values()),
@@ -227,4 +231,4 @@ def test_user_app_synthesizes_from_the_installed_wheel(wheel, version, tmp_path)
         if folder.is_dir():
             handlers |= {p.name for p in folder.glob("*.py")}
     assert {"sagemaker_job.py", "component_publisher.py", "deployment_manager.py",
-            "pipeline_trigger.py", "results_processor.py"} <= handlers
+            "pipeline_trigger.py", "summary_metrics.py"} <= handlers

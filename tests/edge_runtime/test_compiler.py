@@ -214,8 +214,9 @@ def test_fails_when_target_name_is_wrong(ops_onnx, tmp_path):
         compile_model(ops_onnx, "raspberry", tmp_path / "art")
 
 
-@pytest.mark.parametrize("suffix,hint", [(".pb", "tf2onnx"), (".h5", "tf2onnx"),
-                                         (".params", "mxnet.onnx.export_model")])
+# TensorFlow, TFLite and Keras files convert through tf2onnx: test_tf_convert.py.
+@pytest.mark.parametrize("suffix,hint", [(".params", "mxnet.onnx.export_model"),
+                                         (".weights", "convert it to ONNX")])
 def test_fails_with_export_hint_for_frameworks_the_compiler_cannot_read(suffix, hint, tmp_path):
     f = tmp_path / f"model{suffix}"
     f.write_bytes(b"x")
@@ -287,11 +288,3 @@ def test_pytorch_export_archive_matches_torch(tmp_path):
     assert model.inputs == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
     np.testing.assert_allclose(model.predict(x.numpy())["output0"],
                                net(x).detach().numpy(), atol=1e-5)
-
-
-def test_fails_with_export_hint_for_tflite(tmp_path):
-    f = tmp_path / "model.tflite"
-    f.write_bytes(b"TFL3")
-    with pytest.raises(CompileError, match="does not read TFLITE models: export it to ONNX "
-                                           "with tf2onnx"):
-        compile_model(f, "host", tmp_path / "art")

@@ -178,7 +178,8 @@ def test_access_control_for_local_bus_and_iot_core(inference):
     }
     mqtt = acl["aws.greengrass.ipc.mqttproxy"]["com.example.Classifier:mqttproxy:publish"]
     assert mqtt["operations"] == ["aws.greengrass#PublishToIoTCore"]
-    assert mqtt["resources"] == ["neo-edge/*/results", "neo-edge/*/errors"]
+    assert mqtt["resources"] == ["neo-edge/*/results", "neo-edge/*/errors", "neo-edge/*/summary",
+                                 "neo-edge/*/rollout"]
 
 
 def test_depends_on_the_nucleus(inference):
@@ -365,7 +366,14 @@ def test_fails_when_configuration_key_is_unknown():
         r.inference_recipe(component_name="c", platforms=platforms("rasp4b"),
                            configuration={"threads": 2})
     assert str(exc.value) == ("inference configuration keys must be among inputTopic, topicPrefix, "
-                              "threadCount; got threads")
+                              "threadCount, signingPublicKey, allowUnsigned, summaryIntervalSeconds, "
+                              "publishResults, resultsSampleRate, lowConfidenceThreshold, "
+                              "resultsBatchSeconds, capture, captureSampleRate, captureDestination, "
+                              "captureMaxMegabytes, captureUploadSeconds, shadowShare, "
+                              "shadowRequests, shadowMinutes, shadowMinRequests, shadowMinAgreement, "
+                              "shadowMaxScoreDifference, maxErrorRateIncrease, maxLatencyRatio, "
+                              "latencySlackMs, healthRequests, healthMinutes, healthMinRequests, "
+                              "rolloutId; got threads")
 
 
 def test_fails_when_thread_count_is_negative():
@@ -396,3 +404,27 @@ def test_fails_when_skipif_is_malformed():
                                              lifecycle={"install": {"script": "x", "skipif": "always"}})])
     assert str(exc.value) == ("manifest 0 lifecycle install skipif must be 'onpath <exe>' or "
                               "'exists <file>'; got 'always'")
+
+
+def test_telemetry_keys_reach_the_process_environment():
+    recipe = r.inference_recipe(component_name="c", platforms=platforms("rasp4b"),
+                                configuration={"publishResults": "sampled",
+                                               "resultsSampleRate": 0.05})
+    assert recipe["ComponentConfiguration"]["DefaultConfiguration"]["publishResults"] == "sampled"
+    setenv = recipe["Manifests"][0]["Lifecycle"]["Setenv"]
+    assert setenv["NEO_EDGE_PUBLISH_RESULTS"] == "{configuration:/publishResults}"
+    assert setenv["NEO_EDGE_SAMPLE_RATE"] == "{configuration:/resultsSampleRate}"
+    assert setenv["NEO_EDGE_SUMMARY_TOPIC"] == "{configuration:/topicPrefix}/{iot:thingName}/summary"
+
+
+def test_fails_when_a_telemetry_setting_is_bad():
+    with pytest.raises(r.RecipeError) as exc:
+        r.inference_recipe(component_name="c", platforms=platforms("rasp4b"),
+                           configuration={"publishResults": "some"})
+    assert str(exc.value) == ("inference configuration: telemetry setting publishResults must be "
+                              "one of all, sampled, notable; got 'some'")
+    with pytest.raises(r.RecipeError) as exc:
+        r.inference_recipe(component_name="c", platforms=platforms("rasp4b"),
+                           configuration={"resultsSampleRate": 2})
+    assert str(exc.value) == ("inference configuration: telemetry setting resultsSampleRate must "
+                              "be a number from 0 to 1; got 2")

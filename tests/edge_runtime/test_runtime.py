@@ -295,3 +295,42 @@ def test_a_model_without_inputs_loads(copy):
     manifest["inputs"] = []
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert EdgeModel.load(copy).inputs == []
+
+
+def test_staged_inputs_path_agrees_with_the_cpu_path(host_artifact, rng):
+    """A GPU model's inputs live in device tensors, copied in and out through the C ABI
+    on each call. The same path on a CPU artifact (device tensors on the CPU) must give
+    what the zero-copy CPU path gives, call after call."""
+    from neo_edge_runtime import artifact
+
+    direct = EdgeModel.load(host_artifact)
+    staged = EdgeModel._load_vm(host_artifact, artifact.verify(host_artifact), "cpu", staged=True)
+    assert staged._staged and not direct._staged
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+        np.testing.assert_array_equal(staged.predict(x)["output"], direct.predict(x)["output"])
+
+
+def test_a_gpu_artifact_without_the_cuda_runtime_names_what_is_missing(ops_onnx, tmp_path):
+    """ml_g4dn is an x86-64 host with an NVIDIA T4: it compiles here without a GPU, and
+    loading it where CUDA 13's runtime is absent says so instead of a raw OSError."""
+    from neo_edge_runtime.compile.compiler import compile_model
+    from neo_edge_runtime.runtime import CUDA_RUNTIME_LIBRARY
+
+    out = compile_model(ops_onnx, "ml_g4dn", tmp_path / "g4dn")
+    code = textwrap.dedent(f"""
+        from neo_edge_runtime import ArtifactError, EdgeModel
+        try:
+            EdgeModel.load({str(out)!r})
+        except ArtifactError as exc:
+            print(exc)
+        else:
+            print("loaded")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    if run.stdout.strip() == "loaded":  # a machine with an NVIDIA GPU and CUDA 13
+        return
+    message = run.stdout
+    assert ("libtvm_runtime_cuda.so" in message and CUDA_RUNTIME_LIBRARY in message
+            or "has none the CUDA driver can see" in message), message

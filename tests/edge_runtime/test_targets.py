@@ -73,3 +73,36 @@ def test_frameworks_say_how_to_export_what_the_compiler_cannot_read():
     assert "tf2onnx" in targets.framework("tensorflow").export_hint
     with pytest.raises(TargetError, match="framework must be one of ONNX, XGBOOST"):
         targets.framework("caffe")
+
+
+def test_the_wheel_cuda_runtime_is_the_cuda_version_the_table_says():
+    """``CUDA_RUNTIME_MAJOR`` is read from the pinned wheel itself: its
+    libtvm_runtime_cuda.so must link that libcudart major version."""
+    from neo_edge_runtime.runtime import CUDA_RUNTIME_LIBRARY, runtime_library_dirs
+
+    lib = next(d / "libtvm_runtime_cuda.so" for d in runtime_library_dirs()
+               if (d / "libtvm_runtime_cuda.so").exists())
+    needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True,
+                            check=True).stdout
+    assert f"[{CUDA_RUNTIME_LIBRARY}]" in needed, needed
+
+
+@pytest.mark.parametrize("name", ["jetson_tx1", "jetson_tx2", "jetson_nano", "jetson_xavier",
+                                  "ml_p2", "ml_p3"])
+def test_gpus_older_than_the_cuda_runtime_supports_are_named_with_the_reason(name):
+    problem = targets.resolve(name).runtime_problem
+    assert problem and "compute capability 7.5 and newer" in problem and "CUDA 13" in problem
+
+
+@pytest.mark.parametrize("name,bundle", [("ml_g4dn", "x86_64-cuda"), ("rasp4b", "aarch64"),
+                                         ("ml_c5", "x86_64")])
+def test_runtimes_that_exist_have_no_problem_and_name_their_bundle(name, bundle):
+    t = targets.resolve(name)
+    assert t.runtime_problem is None and t.runtime_bundle == bundle
+    assert bundle in targets.RUNTIME_BUNDLES
+
+
+def test_an_orin_platform_runs_on_the_aarch64_cuda_bundle():
+    t = targets.resolve_platform("LINUX", "ARM64", "NVIDIA",
+                                 {"gpu-code": "sm_87", "trt-ver": "10.3", "cuda-ver": "13.0"})
+    assert t.runtime_problem is None and t.runtime_bundle == "aarch64-cuda"

@@ -109,6 +109,57 @@ def test_publishes_one_manifest_per_target_with_its_runtime_bundle(publisher, st
     assert manifests["ml_c5"]["Artifacts"][1]["Unarchive"] == "NONE"
 
 
+WHEELS_ARM = f"s3://{BUCKET}/wheels/aarch64.zip"
+WHEELS_X86 = f"s3://{BUCKET}/wheels/x86_64.zip"
+
+
+def test_offline_devices_get_their_wheels_in_every_published_version(artifacts, load_lambda,
+                                                                    monkeypatch):
+    """A component made with ``device_wheels`` installs offline; the versions retraining
+    publishes must too, or the first retrained model breaks every offline device."""
+    for uri in (WHEELS_ARM, WHEELS_X86):
+        artifacts.put_object(Bucket=BUCKET, Key=uri.split("/", 3)[3], Body=b"PK")
+    monkeypatch.setenv("WHEELS_URIS", json.dumps({"aarch64": WHEELS_ARM, "amd64": WHEELS_X86}))
+    publisher = load_lambda("component_publisher")
+    with Stubber(publisher.greengrass) as stub:
+        sent = created(stub)
+        publisher.handler(EVENT, context())
+    recipe = sent.recipe()
+    recipes.validate_recipe(recipe)
+    manifests = {m["Name"]: m for m in recipe["Manifests"]}
+    assert [a["Uri"] for a in manifests["rasp4b"]["Artifacts"]] == [RUNTIME_ARM, MODEL_PI,
+                                                                    WHEELS_ARM]
+    assert [a["Uri"] for a in manifests["ml_c5"]["Artifacts"]] == [RUNTIME_X86, MODEL_C5,
+                                                                   WHEELS_X86]
+    install = json.dumps(manifests["rasp4b"]["Lifecycle"])
+    assert "--no-index" in install, install
+
+
+def test_new_wheels_at_the_same_key_give_a_new_version(artifacts, load_lambda, monkeypatch):
+    artifacts.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for uri in (RUNTIME_ARM, RUNTIME_X86, MODEL_PI, MODEL_C5, WHEELS_ARM, WHEELS_X86):
+        artifacts.put_object(Bucket=BUCKET, Key=uri.split("/", 3)[3], Body=b"v1")
+    monkeypatch.setenv("WHEELS_URIS", json.dumps({"aarch64": WHEELS_ARM, "amd64": WHEELS_X86}))
+    publisher = load_lambda("component_publisher")
+    versions = []
+    for body in (b"v1", b"v2"):
+        artifacts.put_object(Bucket=BUCKET, Key=WHEELS_ARM.split("/", 3)[3], Body=body)
+        with Stubber(publisher.greengrass) as stub:
+            sent = created(stub)
+            publisher.handler(EVENT, context())
+        versions.append(sent.recipe()["ComponentVersion"])
+    assert versions[0] != versions[1]
+
+
+def test_fails_when_the_device_wheels_are_not_a_zip(artifacts, load_lambda, monkeypatch):
+    monkeypatch.setenv("WHEELS_URIS", json.dumps({"aarch64": "s3://artifacts/wheels/"}))
+    publisher = load_lambda("component_publisher")
+    with pytest.raises(publisher.InvalidRequestError,
+                       match="the device wheels of target 'rasp4b' must be a .zip; "
+                             "got 's3://artifacts/wheels/'"):
+        publisher.handler(EVENT, context())
+
+
 def test_deployable_at_once_is_done(publisher, stub):
     created(stub, state="DEPLOYABLE")
     assert publisher.handler(EVENT, context())["done"] is True

@@ -210,7 +210,7 @@ def test_bad_event_names_the_property(handler):
     bad = event("Create")
     bad["ResourceProperties"]["Kind"] = "tuning"
     with pytest.raises(ValueError, match="resource property Kind must be one of training, "
-                                         "compilation; got 'tuning'"):
+                                         "compilation, build; got 'tuning'"):
         handler.on_event(bad, context())
 
 
@@ -384,3 +384,173 @@ def test_failed_compilation_reports_the_reason(handler, backend):
 def test_training_and_compilation_of_the_same_prefix_get_different_names(handler):
     assert handler.job_name("training", PREFIX, TRAINING) != \
         handler.job_name("compilation", PREFIX, TRAINING)
+
+
+# --- CodeBuild builds (EdgeCompilationJob) ------------------------------------------------
+# Parameters and responses go through botocore's CodeBuild model (codebuild/2016-10-06):
+# moto 5.2.5 runs StartBuild and BatchGetBuilds (its builds succeed at the first look);
+# Stubber, which checks both against the model, gives the other outcomes.
+
+PROJECT = "EdgeCompileProject-1a2b3c"
+OUTPUT = "s3://bucket/compiled/rasp4b/0123456789abcdef/"
+BUILD_REQUEST = {"environmentVariablesOverride": [
+    {"name": "MODEL_URI", "value": "s3://bucket/models/model.tar.gz", "type": "PLAINTEXT"},
+    {"name": "OUTPUT_URI", "value": OUTPUT, "type": "PLAINTEXT"}]}
+
+
+def build_event(request_type, physical_id=None, request_id="r-1", run_id=None):
+    body = event(request_type, physical_id=physical_id)
+    body["RequestId"] = request_id
+    body["ResourceType"] = "Custom::NeoEdgeCompilationBuild"
+    body["ResourceProperties"] = {
+        "ServiceToken": "arn:aws:lambda:::function:provider", "Kind": "build",
+        "ProjectName": PROJECT, "OutputUri": OUTPUT, "Request": json.dumps(BUILD_REQUEST)}
+    if run_id:
+        body["ResourceProperties"]["RunId"] = run_id
+    return body
+
+
+@pytest.fixture
+def codebuild(handler):
+    client = boto3.client("codebuild", region_name=REGION)
+    client.create_project(
+        name=PROJECT, source={"type": "S3", "location": "assets/wheel.zip"},
+        artifacts={"type": "NO_ARTIFACTS"},
+        environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+                     "computeType": "BUILD_GENERAL1_LARGE"},
+        serviceRole=f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/compile")
+    return client
+
+
+@pytest.fixture
+def stubbed(handler):
+    client = boto3.client("codebuild", region_name=REGION)
+    handler._codebuild_cache = client
+    with Stubber(client) as stubber:
+        yield stubber
+        stubber.assert_no_pending_responses()
+
+
+def _build(status, **extra):
+    return {"id": f"{PROJECT}:b-1", "arn": f"arn:aws:codebuild:{REGION}:{DEFAULT_ACCOUNT_ID}:"
+                                          f"build/{PROJECT}:b-1",
+            "buildStatus": status, **extra}
+
+
+def test_create_starts_a_build_of_the_project(handler, codebuild):
+    result = handler.on_event(build_event("Create"), context())
+    build_id = result["PhysicalResourceId"]
+    assert build_id.startswith(f"{PROJECT}:")
+    assert codebuild.list_builds_for_project(projectName=PROJECT)["ids"] == [build_id]
+
+
+def test_is_complete_returns_the_compiled_model_of_a_succeeded_build(handler, codebuild):
+    build_id = handler.on_event(build_event("Create"), context())["PhysicalResourceId"]
+    result = handler.is_complete(build_event("Create", physical_id=build_id), context())
+    assert result["IsComplete"] is True
+    assert result["Data"] == {
+        "BuildId": build_id, "BuildArn": f"arn:aws:codebuild:{REGION}:{DEFAULT_ACCOUNT_ID}:"
+                                         f"build/{build_id}",
+        "ModelArtifacts": f"{OUTPUT}model.tar.gz", "Report": f"{OUTPUT}compile-report.json"}
+
+
+def test_start_sends_the_overrides_and_an_idempotency_token(handler, stubbed):
+    token = handler.build_token("r-1", PROJECT, BUILD_REQUEST)
+    stubbed.add_response("start_build", {"build": _build("IN_PROGRESS")},
+                         {"projectName": PROJECT, "idempotencyToken": token, **BUILD_REQUEST})
+    assert handler.on_event(build_event("Create"), context()) == \
+        {"PhysicalResourceId": f"{PROJECT}:b-1"}
+
+
+def test_idempotency_token_is_one_per_request_and_inputs(handler):
+    token = handler.build_token("r-1", PROJECT, BUILD_REQUEST)
+    assert token == handler.build_token("r-1", PROJECT, json.loads(json.dumps(BUILD_REQUEST)))
+    assert token != handler.build_token("r-2", PROJECT, BUILD_REQUEST)
+    assert token != handler.build_token("r-1", PROJECT, BUILD_REQUEST, "2")
+    assert token != handler.build_token("r-1", "Other", BUILD_REQUEST)
+
+
+def test_is_complete_waits_while_the_build_runs(handler, stubbed):
+    stubbed.add_response("batch_get_builds", {"builds": [_build("IN_PROGRESS")]},
+                         {"ids": [f"{PROJECT}:b-1"]})
+    assert handler.is_complete(build_event("Create", physical_id=f"{PROJECT}:b-1"),
+                               context()) == {"IsComplete": False}
+
+
+@pytest.mark.parametrize("status", ["FAILED", "FAULT", "TIMED_OUT"])
+def test_failed_build_fails_the_deployment_with_its_phase_and_log(handler, stubbed, status):
+    phases = [{"phaseType": "INSTALL", "phaseStatus": "SUCCEEDED"},
+              {"phaseType": "BUILD", "phaseStatus": "FAILED", "contexts": [
+                  {"statusCode": "COMMAND_EXECUTION_ERROR",
+                   "message": "Error while executing command: python -m "
+                              "neo_edge_runtime.compile.cloud ... Reason: exit status 2"}]}]
+    stubbed.add_response("batch_get_builds", {"builds": [_build(
+        status, phases=phases, logs={"deepLink": "https://console.aws.amazon.com/logs/x"})]},
+        {"ids": [f"{PROJECT}:b-1"]})
+    with pytest.raises(handler.JobError, match=(
+            rf"^build {PROJECT}:b-1 of CodeBuild project {PROJECT} ended {status}: BUILD "
+            r"FAILED: Error while executing command: python -m neo_edge_runtime.compile.cloud "
+            r"\.\.\. Reason: exit status 2 \(log: https://console.aws.amazon.com/logs/x\)$")):
+        handler.is_complete(build_event("Create", physical_id=f"{PROJECT}:b-1"), context())
+
+
+def test_stopped_build_fails_the_deployment(handler, stubbed):
+    stubbed.add_response("batch_get_builds", {"builds": [_build("STOPPED")]},
+                         {"ids": [f"{PROJECT}:b-1"]})
+    with pytest.raises(handler.JobError, match=r"was stopped before it completed$"):
+        handler.is_complete(build_event("Create", physical_id=f"{PROJECT}:b-1"), context())
+
+
+def test_build_that_is_gone_fails_the_deployment(handler, stubbed):
+    stubbed.add_response("batch_get_builds", {"builds": [],
+                                              "buildsNotFound": [f"{PROJECT}:b-1"]},
+                         {"ids": [f"{PROJECT}:b-1"]})
+    with pytest.raises(handler.JobError, match=r"does not exist$"):
+        handler.is_complete(build_event("Create", physical_id=f"{PROJECT}:b-1"), context())
+
+
+def test_throttling_while_polling_is_not_yet(handler, stubbed):
+    stubbed.add_client_error("batch_get_builds", "ThrottlingException", "Rate exceeded",
+                             expected_params={"ids": [f"{PROJECT}:b-1"]})
+    assert handler.is_complete(build_event("Create", physical_id=f"{PROJECT}:b-1"),
+                               context()) == {"IsComplete": False}
+
+
+def test_refused_start_names_the_project_and_the_error(handler, stubbed):
+    stubbed.add_client_error("start_build", "AccountLimitExceededException",
+                             "Cannot have more than 1 builds in queue for the account")
+    with pytest.raises(handler.JobError, match=rf"^could not start a build of CodeBuild project "
+                                               rf"{PROJECT}: AccountLimitExceededException: "
+                                               r"Cannot have more than 1 builds"):
+        handler.on_event(build_event("Create"), context())
+
+
+def test_delete_stops_a_running_build(handler, stubbed):
+    stubbed.add_response("batch_get_builds", {"builds": [_build("IN_PROGRESS")]},
+                         {"ids": [f"{PROJECT}:b-1"]})
+    stubbed.add_response("stop_build", {"build": _build("STOPPED")}, {"id": f"{PROJECT}:b-1"})
+    assert handler.on_event(build_event("Delete", physical_id=f"{PROJECT}:b-1"), context()) == \
+        {"PhysicalResourceId": f"{PROJECT}:b-1"}
+
+
+def test_delete_leaves_a_finished_build_and_foreign_ids_alone(handler, stubbed):
+    stubbed.add_response("batch_get_builds", {"builds": [_build("SUCCEEDED")]},
+                         {"ids": [f"{PROJECT}:b-1"]})
+    handler.on_event(build_event("Delete", physical_id=f"{PROJECT}:b-1"), context())
+    # A failed create leaves the provider's own id: no call at all (Stubber would refuse one).
+    handler.on_event(build_event("Delete", physical_id="EdgeCompile-Job-1A2B3C"), context())
+    assert handler.is_complete(build_event("Delete", physical_id="x"), context()) == \
+        {"IsComplete": True}
+
+
+def test_bad_build_properties_name_the_property(handler):
+    bad = build_event("Create")
+    bad["ResourceProperties"]["OutputUri"] = "s3://bucket/no-slash"
+    with pytest.raises(ValueError, match=r"^resource property OutputUri must be an s3:// prefix "
+                                         r"ending in '/'; got 's3://bucket/no-slash'$"):
+        handler.on_event(bad, context())
+    bad = build_event("Create")
+    bad["ResourceProperties"]["Request"] = json.dumps({"projectName": "other"})
+    with pytest.raises(ValueError, match=r"^resource property Request must be a JSON object "
+                                         r"without projectName"):
+        handler.on_event(bad, context())

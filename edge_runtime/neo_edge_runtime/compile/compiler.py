@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .. import artifact
 from ..errors import CompileError, TargetError
 from ..targets import Target, framework as framework_spec, host_arch, resolve
+from .rnn import onnx_converters as _with_rnn_converters
 
 _SUFFIX_FRAMEWORK = {
     ".onnx": "ONNX", ".json": "XGBOOST", ".ubj": "XGBOOST", ".xgb": "XGBOOST",
@@ -51,6 +52,29 @@ def detect_framework(path: str | os.PathLike) -> str:
 # Frontends: every framework becomes a Relax IRModule with its weights detached.
 
 
+def _served_dtype(value_info, role: str) -> str:
+    """The numpy name of an ONNX graph input's or output's element type; a
+    :class:`CompileError` naming the tensor and its type if the edge runtime cannot take
+    or return it (bfloat16, float8, int4, float4, strings, ...: numpy has no such dtype,
+    or the device's runtime none)."""
+    from onnx import helper
+
+    elem = value_info.type.tensor_type.elem_type
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(elem).name
+    except KeyError:
+        dtype = None
+    if dtype not in artifact.DTYPES:
+        try:
+            kind = helper.tensor_dtype_to_string(elem).replace("TensorProto.", "")
+        except (KeyError, ValueError):
+            kind = f"element type {elem}"
+        raise CompileError(f"{role} {value_info.name!r} is a tensor of {kind}; the edge "
+                           f"runtime's inputs and outputs are tensors of "
+                           f"{', '.join(artifact.DTYPES)}")
+    return dtype
+
+
 def _onnx_io(model) -> tuple[list[dict], list[str]]:
     init_names = {i.name for i in model.graph.initializer}
     inputs = []
@@ -60,9 +84,9 @@ def _onnx_io(model) -> tuple[list[dict], list[str]]:
         tt = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in tt.shape.dim]
-        from onnx import helper
-        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name
-        inputs.append({"name": vi.name, "shape": dims, "dtype": dtype})
+        inputs.append({"name": vi.name, "shape": dims, "dtype": _served_dtype(vi, "input")})
+    for vo in model.graph.output:
+        _served_dtype(vo, "output")
     return inputs, [o.name for o in model.graph.output]
 
 
@@ -76,13 +100,33 @@ def _static_inputs(declared: list[dict], shapes: Optional[Mapping[str, Sequence[
                                f"of the model; its inputs are {', '.join(sorted(known))}")
     out = []
     for i in declared:
-        shape = list(shapes.get(i["name"], i["shape"]))
-        if any(not isinstance(d, int) or d <= 0 for d in shape):
+        name, model_shape = i["name"], i["shape"]
+        if name in shapes:
+            shape = list(shapes[name])
+            if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+                raise CompileError(f"input_shapes[{name!r}] must be a list of sizes of 0 or "
+                                   f"more; got {shapes[name]!r}")
+            if len(shape) != len(model_shape):
+                raise CompileError(f"input_shapes[{name!r}] is {shape}, {len(shape)} "
+                                   f"dimensions; the model's input {name!r} has "
+                                   f"{len(model_shape)}: {model_shape}")
+        else:
+            shape = list(model_shape)
+        # A size of 0 is as static as any other: the tensor is empty.
+        symbolic = [d for d in shape if not isinstance(d, int)]
+        if symbolic:
+            dim = symbolic[0]
+            what = f"its dimension {dim!r} is symbolic" if dim else "a dimension of unknown size"
+            example = [d if isinstance(d, int) else 1 for d in shape]
             raise CompileError(
-                f"input {i['name']!r} has a dynamic shape {i['shape']}; the edge runtime serves "
-                f"static shapes: pass input_shapes={{{i['name']!r}: [1, ...]}}")
-        out.append({"name": i["name"], "shape": shape,
-                    "dtype": str(dtypes.get(i["name"], i["dtype"]))})
+                f"input {name!r} has a dynamic shape {shape} ({what}); the edge runtime "
+                f"serves static shapes: pass input_shapes={{{name!r}: {example}}} "
+                f"(neo-edge compile --input-shape {name}={','.join(map(str, example))})")
+        dtype = str(dtypes.get(name, i["dtype"]))
+        if dtype not in artifact.DTYPES:
+            raise CompileError(f"input_dtypes[{name!r}] must be one of "
+                               f"{', '.join(artifact.DTYPES)}; got {dtype!r}")
+        out.append({"name": name, "shape": shape, "dtype": dtype})
     return out
 
 
@@ -135,12 +179,21 @@ def _check_onnx_operators(onnx_model, model_name: str) -> None:
                            f"{_describe_nodes(missing)}")
 
 
+@_with_rnn_converters()  # TVM's importer lacks LSTM, GRU and RNN: ours, for this import
 def _import_onnx(onnx_model, shapes, dtypes, model_name: str = "model.onnx"):
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .onnx_ml import lower_onnx_ml
+    from .onnx_static import make_static
+
+    onnx_model = lower_onnx_ml(onnx_model, model_name)  # ai.onnx.ml into standard ONNX
     declared, output_names = _onnx_io(onnx_model)
     inputs = _static_inputs(declared, shapes, dtypes)
     _check_onnx_operators(onnx_model, model_name)
+    try:
+        onnx_model = make_static(onnx_model, {i["name"]: i["shape"] for i in inputs})
+    except CompileError as exc:
+        raise CompileError(f"{model_name}: {exc}") from None
     try:
         mod = from_onnx(onnx_model, shape_dict={i["name"]: i["shape"] for i in inputs},
                         dtype_dict={i["name"]: i["dtype"] for i in inputs},
@@ -178,6 +231,10 @@ def _import(path: Path, fw: str, shapes, dtypes):
                             path.name)
     if fw == "PYTORCH":
         return _import_pytorch(path)
+    if fw in ("TENSORFLOW", "TFLITE", "KERAS"):
+        from .tf_convert import to_onnx
+        with tempfile.TemporaryDirectory(prefix="neo-edge-tf2onnx-") as tmp:
+            return _import_onnx(_load_onnx(to_onnx(path, fw, tmp)), shapes, dtypes, path.name)
     spec = framework_spec(fw)
     raise CompileError(f"the local compiler does not read {fw} models: {spec.export_hint}, "
                        "then compile the .onnx file")
@@ -190,6 +247,8 @@ def _import_pytorch(path: Path):
         raise CompileError("compiling PyTorch models needs the torch extra: "
                            "pip install 'neo-edge[torch]' (torch==2.13.0)") from None
     from tvm.relax.frontend.torch import from_exported_program
+
+    from . import torch_frontend  # converters correcting TVM's
 
     try:
         program = torch.export.load(str(path))
@@ -204,7 +263,8 @@ def _import_pytorch(path: Path):
         inputs.append({"name": spec.arg.name, "shape": [int(d) for d in meta.shape],
                        "dtype": str(meta.dtype).replace("torch.", "")})
     try:
-        mod = from_exported_program(program, keep_params_as_input=True)
+        mod = from_exported_program(program, keep_params_as_input=True,
+                                    custom_convert_map=torch_frontend.CONVERT_MAP)
     except Exception as exc:  # the frontend raises many kinds; name the model's problem
         raise CompileError(f"{path.name}: TVM's PyTorch frontend could not import the "
                            f"model: {_first_line(exc)}") from exc
@@ -398,16 +458,81 @@ class _TuningProgress:
 
 
 def _tuning_key(mod, target_spec: dict) -> str:
+    """How the tuning marker names a model compiled for ``target_spec``.
+
+    Not the exact CPU (``mcpu``): the schedules in a database are valid on every CPU of
+    the architecture, and which kernels there are depends only on the vector units the
+    compiler sizes them for (float32 lanes and vector registers, :func:`.schedules
+    .vector_config`: convolutions are padded to whole vectors, Winograd tiles chosen by
+    lanes). A database measured on one AVX-512 x86_64 CPU thus serves another, and the
+    manifest says which CPU measured it (``tuned_on``).
+    """
+    import tvm
+
+    from . import schedules
+
+    h = hashlib.sha256(tvm.ir.save_json(mod).encode())
+    spec = {k: v for k, v in target_spec.items() if k not in ("mcpu", "num-cores")}
+    spec["vector_units"] = list(schedules.vector_config(tvm.target.Target(target_spec)))
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _legacy_tuning_key(mod, target_spec: dict, mcpu: str) -> str:
+    """The key databases tuned before :func:`_tuning_key` left out the CPU used: the
+    whole target with the measuring CPU as ``mcpu``."""
     import tvm
 
     h = hashlib.sha256(tvm.ir.save_json(mod).encode())
-    h.update(json.dumps(target_spec, sort_keys=True).encode())
+    h.update(json.dumps({**target_spec, "mcpu": mcpu}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _record_cpus(db: Path) -> list[str]:
+    """The ``mcpu`` of the targets the tuning records in ``db`` were measured for, in
+    first-seen order."""
+    cpus: dict = {}
+    try:
+        with open(Path(db) / "database_tuning_record.json") as fh:
+            for line in fh:
+                if line.strip():
+                    target = json.loads(line)[1][2]
+                    cpus.setdefault(str(target.get("mcpu", "")), None)
+    except (OSError, ValueError, IndexError, TypeError, AttributeError):
+        pass
+    return [c for c in cpus if c]
+
+
+def _adopt_legacy_trials(state: dict, db: Path, mod, target_spec: dict, key: str) -> bool:
+    """Rename ``state``'s trials recorded under a legacy key (:func:`_legacy_tuning_key`,
+    for any CPU the records name) to ``key``, noting that CPU as the one that measured
+    them. True if it did."""
+    done = state["trials"]
+    if key in done or not done:
+        return False
+    for cpu in _record_cpus(db):
+        old = _legacy_tuning_key(mod, target_spec, cpu)
+        if old in done:
+            done[key] = done.pop(old)
+            state["measured_on"][key] = {cpu: done[key]}
+            return True
+    return False
+
+
+def host_cpu() -> str:
+    """This machine's CPU as LLVM names it (``znver4``, ``emeraldrapids``,
+    ``cortex-a72``): the CPU tuning measures on."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 #: Layouts MetaSchedule tunes CPU convolutions in: channels last, so the innermost loop
 #: (output channels) vectorizes for every conv kind, depthwise included.
-CPU_CONV_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+#: Transposed convolutions stay channels first: TVM lowers them in NCHW/IOHW only (one
+#: that layout conversion turned NHWC reaches the VM's code generator unlowered).
+CPU_CONV_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"],
+                   "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 
 
 @contextlib.contextmanager
@@ -967,15 +1092,20 @@ def _convert_layout(mod):
 def _channels_last(mod, tvm_target, passes: Optional[_Passes] = None):
     """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion,
     convolutions in channels-last layout with whole vectors of output channels, and
-    channel concatenations read in parts. Each of these passes that fails is skipped
-    (see :class:`_Passes`)."""
-    from . import schedules
+    channel concatenations read in parts; 1-D convolutions and pools as 2-D ones and
+    ``clip`` as ``maximum``/``minimum``, so they go channels last too (:mod:`.generic`).
+    Each of these passes that fails is skipped (see :class:`_Passes`)."""
+    from . import generic, schedules
 
     passes = passes or _Passes()
     with tvm_target:
+        mod = passes.run("conv1d_as_conv2d", generic.conv1d_as_conv2d, mod)
         mod = passes.run("fold_batch_norm", _fold_batch_norm, mod)
         mod = passes.run("unlower_min_max", _unlower_min_max, mod)
+        mod = passes.run("clip_as_min_max", generic.clip_as_min_max, mod)
         mod = passes.run("convert_layout", _convert_layout, mod)
+        mod = passes.run("unit_permutes_as_reshapes", generic.unit_permutes_as_reshapes, mod)
+        mod = passes.run("fast_math", generic.fast_math, mod)
         mod = passes.run("split_concatenations", _split_concatenations, mod)
         return passes.run("pad_output_channels", _pad_output_channels, mod,
                           schedules.vector_config(tvm_target)[0])
@@ -1230,6 +1360,7 @@ def _optimized_build(mod, param_values: list, target_spec: dict, tune_trials: in
     tvm_target = tvm.target.Target(target_spec)
     if tune_trials == 0 and tuning_db is None:
         mod, param_values = _untuned(mod, param_values, tvm_target, passes)
+        mod = passes.run("default_schedules", _default_schedules, mod, tvm_target, log)
         ex = passes.require("optimized_build", tvm.compile, mod, tvm_target)
         return ex, param_values, {"trials": 0, "prepacked": bool(param_values)}
 
@@ -1246,17 +1377,42 @@ def _optimized_build(mod, param_values: list, target_spec: dict, tune_trials: in
     state = read_tuning_marker(db)
     done, searched, tiles = state["trials"], state["templates"], state["winograd"]
     key = _tuning_key(mod, target_spec)
+    if _adopt_legacy_trials(state, db, mod, target_spec, key):  # the marker, migrated
+        marker.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    cpu, measured_on = host_cpu(), state["measured_on"]
     trials = max(0, tune_trials - done.get(key, 0))
     if done.get(key) and not trials:
         log(f"reusing {done[key]} tuning trials from {db}")
+    others = sorted(set(measured_on.get(key, {})) - {cpu})
+    if done.get(key) and others:
+        log(f"tuning records measured on {', '.join(others)}, used on this {cpu}: schedules "
+            f"hold across {target_spec.get('mtriple', '').split('-')[0] or 'these'} CPUs with "
+            f"the same vector units")
     with _TuningProgress(db, progress and trials > 0), _measuring_threads(cores):
         mod, param_values = _tune(mod, param_values, tvm_target, db, trials,
                                   done.get(key, 0), searched, tiles, log, passes)
+    mod = passes.run("default_schedules", _default_schedules, mod, tvm_target, log)
     if trials:
         done[key] = done.get(key, 0) + trials
+        measured_on.setdefault(key, {})
+        measured_on[key][cpu] = measured_on[key].get(cpu, 0) + trials
         marker.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     ex = passes.require("optimized_build", tvm.compile, mod, tvm_target)
-    return ex, param_values, {"trials": done.get(key, 0), "prepacked": bool(param_values)}
+    info = {"trials": done.get(key, 0), "prepacked": bool(param_values)}
+    if done.get(key):
+        # The CPUs whose measurements chose the schedules ([] where the database does
+        # not say): a report compares them with the CPU it runs on.
+        info["tuned_on"] = sorted(measured_on.get(key, {}))
+    return ex, param_values, info
+
+
+def _default_schedules(mod, tvm_target, log: Callable[[str], None]):
+    """The kernels no template or tuning record scheduled, with a default CPU schedule
+    (:func:`.generic.schedule_unscheduled`): parallel and vectorized instead of the
+    single-threaded scalar loops TVM otherwise compiles them as."""
+    from . import generic
+
+    return generic.schedule_unscheduled(mod, tvm_target, log)
 
 
 @contextlib.contextmanager
@@ -1283,10 +1439,12 @@ def _measuring_threads(cores: int):
 def read_tuning_marker(db: Path) -> dict:
     """What tuning spent in ``db``: ``{"trials": {model key: MetaSchedule trials},
     "templates": {kernel hash: the template schedule chosen},
-    "winograd": {3x3 convolution shape: Winograd tile size chosen, 0 for direct}}``."""
+    "winograd": {3x3 convolution shape: Winograd tile size chosen, 0 for direct},
+    "measured_on": {model key: {CPU (LLVM's name, :func:`host_cpu`): trials it measured}}}``."""
     marker = Path(db) / TUNING_MARKER
     state = json.loads(marker.read_text()) if marker.exists() else {}
     return {"trials": dict(state.get("trials", {})),
+            "measured_on": {k: dict(v) for k, v in state.get("measured_on", {}).items()},
             # "convolutions": what databases tuned before pooling had templates named it
             "templates": dict(state.get("templates", state.get("convolutions", {}))),
             "winograd": dict(state.get("winograd", {}))}
@@ -1301,16 +1459,18 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
                   tune_trials: int = 0, tuning_db: Optional[str | os.PathLike] = None,
                   metadata: Optional[Mapping[str, Any]] = None,
                   progress: bool = False,
-                  log: Callable[[str], None] = lambda msg: None) -> Path:
+                  log: Callable[[str], None] = lambda msg: None,
+                  signer: Any = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact folder ``output_dir``.
 
     Parameters
     ----------
     model:
         Path to an ONNX (``.onnx``), XGBoost (``.json``/``.ubj``) or PyTorch
-        (``.pt2`` from ``torch.export.save``) model. TensorFlow, TFLite, Keras,
-        MXNet, Darknet and scikit-learn models get an error saying how to export
-        them to ONNX.
+        (``.pt2`` from ``torch.export.save``) model. A TensorFlow SavedModel folder,
+        a TFLite (``.tflite``) or Keras (``.keras``, ``.h5``) file is converted to
+        ONNX with tf2onnx (:mod:`.tf_convert`; the ``tensorflow`` extra). MXNet,
+        Darknet and scikit-learn models get an error saying how to export them to ONNX.
     target:
         A Neo target device name (``rasp4b``, ``jetson_xavier``, ``ml_c5``, ...),
         ``host``, or a :class:`Target` (e.g. from ``targets.resolve_platform``).
@@ -1333,14 +1493,24 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
         are then applied.
     tuning_db:
         A folder for the tuning database; later compiles of the same model and
-        target reuse it instead of tuning again.
+        target reuse it instead of tuning again, also on another CPU of the same
+        architecture and vector units (the manifest's ``compile_options.tuned_on`` names
+        the CPUs that measured it).
     metadata:
-        Free-form JSON data stored in the manifest (labels, preprocessing, task).
+        Free-form JSON data stored in the manifest (labels, preprocessing, task). An
+        ONNX classifier's own class labels (skl2onnx's) are stored as ``labels`` unless
+        this has them (:mod:`.onnx_ml`).
     progress:
         Show a progress bar while tuning.
+    signer:
+        Sign the manifest with it (``manifest.json.sig``, :mod:`.signing`): a
+        :class:`~.signing.FileSigner` or :class:`~.signing.KmsSigner`. The artifact
+        appears only once signed. Default: not signed.
     """
     import tvm
     from tvm import relax
+
+    from . import onnx_ml
 
     src = Path(model)
     if not src.exists():
@@ -1370,7 +1540,10 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
 
     t0 = time.perf_counter()
     log(f"importing {src.name} ({fw})")
-    mod, inputs, output_names = _import(src, fw, input_shapes, input_dtypes)
+    with onnx_ml.recording() as rewritten:  # what rewriting ai.onnx.ml changed for users
+        mod, inputs, output_names = _import(src, fw, input_shapes, input_dtypes)
+    for note in rewritten.notes:
+        log(note)
     mod, params = relax.frontend.detach_params(mod)
     outputs = _output_specs(mod, output_names)
     log(f"compiling for {tgt.name} ({tgt.description})")
@@ -1410,12 +1583,21 @@ def compile_model(model: str | os.PathLike, target: str | Target = "host",
             "tvm_version": tvm.__version__,
             "compile_options": {"tune_trials": tuning["trials"],
                                 "weight_prepack": tuning["prepacked"],
-                                "input_shapes": {i["name"]: i["shape"] for i in inputs}},
-            "metadata": dict(metadata or {}),
+                                "input_shapes": {i["name"]: i["shape"] for i in inputs},
+                                **({"tuned_on": tuning["tuned_on"]}
+                                   if "tuned_on" in tuning else {})},
+            "metadata": {**({"labels": rewritten.labels} if rewritten.labels else {}),
+                         **dict(metadata or {})},
         }
+        if rewritten.notes:
+            manifest["onnx_ml"] = rewritten.notes
         if passes.skipped:
             manifest["optimizations"] = {"skipped": passes.skipped}
         artifact.write_manifest(staging, manifest)
+        if signer is not None:
+            from .signing import sign_artifact
+
+            sign_artifact(staging, signer)
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -60,16 +60,20 @@ def _first_line(exc: BaseException) -> str:
 
 def _stock_build_error(model: ModelProto, shapes: Mapping[str, Sequence[int]]
                        ) -> Optional[BaseException]:
-    """The error TVM's stock path (its ONNX importer with the weights bound, then
-    ``tvm.compile`` for ``llvm``) raises on ``model``, or None if it builds."""
+    """The error TVM's stock path (its ONNX importer, with the compiler's LSTM, GRU and RNN
+    converters and the weights bound, then ``tvm.compile`` for ``llvm``) raises on
+    ``model``, or None if it builds."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
+
+    from .rnn import onnx_converters
 
     dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
               for vi in _declared_inputs(model)}
     try:
-        mod = from_onnx(model, shape_dict={n: list(s) for n, s in shapes.items()},
-                        dtype_dict=dtypes, keep_params_in_input=False)
+        with onnx_converters():
+            mod = from_onnx(model, shape_dict={n: list(s) for n, s in shapes.items()},
+                            dtype_dict=dtypes, keep_params_in_input=False)
         tvm.compile(mod, target=tvm.target.Target("llvm"))
     except Exception as exc:  # TVM raises many kinds
         return exc
@@ -85,6 +89,34 @@ def _declared_inputs(model: ModelProto) -> list:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
+#: Operator inputs whose values set the shape of the operator's output (TVM's importer
+#: reads them only as constants): a graph input in one of these places is compiled in as
+#: a constant, with the value passed to :meth:`EdgeBackendRep.run`.
+VALUE_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,), "ConstantOfShape": (0,),
+                "Reshape": (1,), "Expand": (1,), "Tile": (1,)}
+
+
+def _value_inputs(model: ModelProto) -> list[str]:
+    """The declared inputs of ``model`` that some node reads as a :data:`VALUE_INPUTS`."""
+    declared = {vi.name for vi in _declared_inputs(model)}
+    found = {node.input[k] for node in model.graph.node
+             for k in VALUE_INPUTS.get(node.op_type, ()) if k < len(node.input)}
+    return [vi.name for vi in _declared_inputs(model) if vi.name in found & declared]
+
+
+def _bind(model: ModelProto, values: Mapping[str, np.ndarray]) -> ModelProto:
+    """``model`` with the inputs ``values`` names turned into initializers of those values."""
+    from onnx import numpy_helper
+
+    bound = ModelProto()
+    bound.CopyFrom(model)
+    keep = [vi for vi in bound.graph.input if vi.name not in values]
+    del bound.graph.input[:]
+    bound.graph.input.extend(keep)
+    bound.graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in values.items())
+    return bound
+
+
 def _static_shape(value_info) -> Optional[list[int]]:
     dims = value_info.type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
@@ -97,7 +129,9 @@ class EdgeBackendRep(BackendRep):
     A model whose inputs all have static shapes is compiled by ``prepare``. One with a
     dynamic dimension is compiled on the first :meth:`run`, for the shapes of the arrays
     passed, and again for each new combination of shapes (the edge runtime serves static
-    shapes only).
+    shapes only). So is one with an input that sets an output's shape (Resize's scales or
+    sizes, Reshape's shape, ...: :data:`VALUE_INPUTS`): its value is compiled in as a
+    constant, and each new value compiles the model again.
 
     The artifacts live in a temporary folder removed by :meth:`close`, or when the rep
     is garbage-collected.
@@ -109,19 +143,18 @@ class EdgeBackendRep(BackendRep):
         self._model = model
         self._num_threads = num_threads
         self._input_names = [vi.name for vi in _declared_inputs(model)]
+        self._value_names = _value_inputs(model)
         self._output_names = [vo.name for vo in model.graph.output]
         self._folder = Path(tempfile.mkdtemp(prefix="neo-edge-onnx-backend-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._folder), True)
-        self._source = self._folder / "model.onnx"
-        self._source.write_bytes(model.SerializeToString())
         self._compiled: dict[tuple, Any] = {}
         declared = {vi.name: _static_shape(vi) for vi in _declared_inputs(model)}
         shapes = {n: list(s) for n, s in (input_shapes or {}).items()}
         for name, shape in declared.items():
             if name not in shapes and shape is not None:
                 shapes[name] = shape
-        if len(shapes) == len(declared):
-            self._model_for(shapes)
+        if len(shapes) == len(declared) and not self._value_names:
+            self._model_for(shapes, {})
 
     @property
     def input_names(self) -> list[str]:
@@ -133,34 +166,42 @@ class EdgeBackendRep(BackendRep):
         """The graph's outputs, in the order :meth:`run` returns them."""
         return list(self._output_names)
 
-    def _model_for(self, shapes: Mapping[str, Sequence[int]]):
-        """The loaded model compiled for ``shapes`` (input name to shape)."""
+    def _model_for(self, shapes: Mapping[str, Sequence[int]],
+                   values: Mapping[str, np.ndarray]):
+        """The loaded model compiled for ``shapes`` (input name to shape) with the inputs
+        ``values`` names bound to those values."""
         from ..runtime import EdgeModel
         from .compiler import compile_model
 
-        key = tuple(tuple(int(d) for d in shapes[n]) for n in self._input_names)
+        names = [n for n in self._input_names if n not in values]
+        key = (tuple(tuple(int(d) for d in shapes[n]) for n in names),
+               tuple((n, v.dtype.str, v.shape, v.tobytes()) for n, v in values.items()))
         if key in self._compiled:
             return self._compiled[key]
-        out = self._folder / f"artifact{len(self._compiled)}"
+        k = len(self._compiled)
+        model = _bind(self._model, values) if values else self._model
+        source, out = self._folder / f"model{k}.onnx", self._folder / f"artifact{k}"
+        source.write_bytes(model.SerializeToString())
         try:
-            compile_model(self._source, "host", out, framework="ONNX",
-                          input_shapes={n: list(s) for n, s in zip(self._input_names, key)})
+            compile_model(source, "host", out, framework="ONNX",
+                          input_shapes={n: list(s) for n, s in zip(names, key[0])})
         except CompileError as exc:
             if _import_failure(exc):
                 raise UnsupportedModelError(str(exc), "import") from exc
-            self._raise_if_tvm_refuses(key, exc)
+            self._raise_if_tvm_refuses(model, dict(zip(names, key[0])), exc)
             raise
         except Exception as exc:  # the build raises TVM's own error types
-            self._raise_if_tvm_refuses(key, exc)
+            self._raise_if_tvm_refuses(model, dict(zip(names, key[0])), exc)
             raise
-        model = EdgeModel.load(out, num_threads=self._num_threads)
-        self._compiled[key] = model
-        return model
+        loaded = EdgeModel.load(out, num_threads=self._num_threads)
+        self._compiled[key] = loaded
+        return loaded
 
-    def _raise_if_tvm_refuses(self, key: tuple, exc: BaseException) -> None:
-        """Raise :class:`UnsupportedModelError` if TVM's stock path cannot build the model
+    def _raise_if_tvm_refuses(self, model: ModelProto, shapes: dict, exc: BaseException
+                              ) -> None:
+        """Raise :class:`UnsupportedModelError` if TVM's stock path cannot build ``model``
         either: then the failure ``exc`` is TVM's, not the compiler's."""
-        stock = _stock_build_error(self._model, dict(zip(self._input_names, key)))
+        stock = _stock_build_error(model, shapes)
         if stock is not None:
             raise UnsupportedModelError(
                 f"TVM's stock build fails too: {_first_line(stock)}", "build") from exc
@@ -201,8 +242,9 @@ class EdgeBackendRep(BackendRep):
             raise InputError(f"missing input {missing[0]!r}; the model's inputs are "
                              f"{', '.join(self._input_names)}")
         named = {n: np.asarray(v) for n, v in named.items()}
-        model = self._model_for({n: named[n].shape for n in self._input_names})
-        outputs = model.predict(named)
+        values = {n: named.pop(n) for n in self._value_names}
+        model = self._model_for({n: a.shape for n, a in named.items()}, values)
+        outputs = model.predict({n: named[n] for n in self._input_names if n in named})
         return [outputs[name] for name in self._output_names]
 
     def close(self) -> None:

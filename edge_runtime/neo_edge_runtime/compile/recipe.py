@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import NeoEdgeError
+from ..signature import parse_public_key
 from .bundle import DEVICE_REQUIREMENTS_FILE
 
 #: The only recipe format Greengrass V2 knows.
@@ -428,6 +429,89 @@ INFERENCE_DEFAULTS: Mapping[str, Any] = {
     "topicPrefix": "neo-edge",
     # Threads the TVM runtime uses; 0 lets it pick (one per core).
     "threadCount": 0,
+    # The public key (PEM, or the base64 of its DER) that every model's manifest.json.sig
+    # must verify with; "" for none (the device then checks the files' sha256 only).
+    "signingPublicKey": "",
+    # Whether a model without a signature is served. When the configuration given to
+    # inference_recipe does not say: false when it gives a signingPublicKey, true when
+    # not. So a component made with a key refuses unsigned models, and one made without
+    # (every component made before signing existed) keeps working as it did; a device
+    # never refuses to start for want of a key it was never given.
+    "allowUnsigned": True,
+    # Telemetry (neo_edge_runtime.telemetry.TelemetryConfig): a summary per model version
+    # every summaryIntervalSeconds (0: none) on <topicPrefix>/<thing>/summary; which results
+    # are published one by one ("all", "sampled": resultsSampleRate of them plus every
+    # notable one, "notable": errors, confidence below lowConfidenceThreshold, anomalies),
+    # batched into messages at most resultsBatchSeconds old. All results by default: nothing
+    # is dropped unless asked; "sampled" with 0.01 is the fleet-scale setting.
+    "summaryIntervalSeconds": 60,
+    "publishResults": "all",
+    "resultsSampleRate": 0.01,
+    "lowConfidenceThreshold": 0.5,
+    "resultsBatchSeconds": 1,
+    # Capture of inputs for retraining: "off", "sampled" (captureSampleRate of the requests
+    # plus the notable ones) or "notable"; spooled on the device (at most
+    # captureMaxMegabytes) and uploaded every captureUploadSeconds to captureDestination
+    # (s3://bucket/prefix, through the token exchange service; "" keeps them on the device).
+    "capture": "off",
+    "captureSampleRate": 0.01,
+    "captureDestination": "",
+    "captureMaxMegabytes": 100,
+    "captureUploadSeconds": 300,
+    # Health-gated rollout (neo_edge_runtime.rollout.RolloutConfig): a new model version runs
+    # in shadow beside the current one on shadowShare of the requests (0: no shadow, it
+    # serves at once) for shadowRequests paired requests or shadowMinutes, then is promoted
+    # or rejected by the thresholds, and watched for healthRequests / healthMinutes after a
+    # promotion (rolled back past maxErrorRateIncrease or maxLatencyRatio). Decisions go to
+    # <topicPrefix>/<thing>/rollout, tagged with rolloutId (set by a canary deployment).
+    # Off by default: a component made before shadow trials existed behaves as it did.
+    "shadowShare": 0,
+    "shadowRequests": 100,
+    "shadowMinutes": 60,
+    "shadowMinRequests": 20,
+    "shadowMinAgreement": 0.9,
+    "shadowMaxScoreDifference": 0.2,
+    "maxErrorRateIncrease": 0.01,
+    "maxLatencyRatio": 1.5,
+    "latencySlackMs": 1.0,
+    "healthRequests": 100,
+    "healthMinutes": 30,
+    "healthMinRequests": 20,
+    "rolloutId": "",
+}
+
+#: The telemetry keys of :data:`INFERENCE_DEFAULTS` and the environment variables the run
+#: step passes them in (``neo_edge_runtime.telemetry``).
+TELEMETRY_ENVIRONMENT: Mapping[str, str] = {
+    "summaryIntervalSeconds": "NEO_EDGE_SUMMARY_SECONDS",
+    "publishResults": "NEO_EDGE_PUBLISH_RESULTS",
+    "resultsSampleRate": "NEO_EDGE_SAMPLE_RATE",
+    "lowConfidenceThreshold": "NEO_EDGE_LOW_CONFIDENCE",
+    "resultsBatchSeconds": "NEO_EDGE_RESULTS_BATCH_SECONDS",
+    "capture": "NEO_EDGE_CAPTURE",
+    "captureSampleRate": "NEO_EDGE_CAPTURE_RATE",
+    "captureDestination": "NEO_EDGE_CAPTURE_DESTINATION",
+    "captureMaxMegabytes": "NEO_EDGE_CAPTURE_MAX_MB",
+    "captureUploadSeconds": "NEO_EDGE_CAPTURE_UPLOAD_SECONDS",
+}
+
+#: The rollout keys of :data:`INFERENCE_DEFAULTS` and the environment variables the run step
+#: passes them in (``neo_edge_runtime.rollout``).
+#: (Spelled out, not imported: this module stays importable without numpy.)
+ROLLOUT_ENVIRONMENT: Mapping[str, str] = {
+    "shadowShare": "NEO_EDGE_SHADOW_SHARE",
+    "shadowRequests": "NEO_EDGE_SHADOW_REQUESTS",
+    "shadowMinutes": "NEO_EDGE_SHADOW_MINUTES",
+    "shadowMinRequests": "NEO_EDGE_SHADOW_MIN_REQUESTS",
+    "shadowMinAgreement": "NEO_EDGE_SHADOW_MIN_AGREEMENT",
+    "shadowMaxScoreDifference": "NEO_EDGE_SHADOW_MAX_SCORE_DIFFERENCE",
+    "maxErrorRateIncrease": "NEO_EDGE_MAX_ERROR_RATE_INCREASE",
+    "maxLatencyRatio": "NEO_EDGE_MAX_LATENCY_RATIO",
+    "latencySlackMs": "NEO_EDGE_LATENCY_SLACK_MS",
+    "healthRequests": "NEO_EDGE_HEALTH_REQUESTS",
+    "healthMinutes": "NEO_EDGE_HEALTH_MINUTES",
+    "healthMinRequests": "NEO_EDGE_HEALTH_MIN_REQUESTS",
+    "rolloutId": "NEO_EDGE_ROLLOUT_ID",
 }
 
 #: The virtual environment the install step makes for the run step, under the work folder.
@@ -504,6 +588,13 @@ RUN_ENVIRONMENT: Mapping[str, str] = {
     "NEO_EDGE_ERRORS_TOPIC": "{configuration:/topicPrefix}/{iot:thingName}/errors",
     "NEO_EDGE_THREADS": "{configuration:/threadCount}",
     "TVM_NUM_THREADS": "{configuration:/threadCount}",
+    "NEO_EDGE_SIGNING_PUBLIC_KEY": "{configuration:/signingPublicKey}",
+    "NEO_EDGE_ALLOW_UNSIGNED": "{configuration:/allowUnsigned}",
+    "NEO_EDGE_SUMMARY_TOPIC": "{configuration:/topicPrefix}/{iot:thingName}/summary",
+    "NEO_EDGE_CAPTURE_DIR": "{work:path}/capture",
+    **{var: "{configuration:/%s}" % key for key, var in TELEMETRY_ENVIRONMENT.items()},
+    "NEO_EDGE_ROLLOUT_TOPIC": "{configuration:/topicPrefix}/{iot:thingName}/rollout",
+    **{var: "{configuration:/%s}" % key for key, var in ROLLOUT_ENVIRONMENT.items()},
 }
 
 #: The run step: the ``edge_inference`` handler of the device bundle as a plain process of
@@ -608,6 +699,9 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
     if not isinstance(topic_prefix, str) or not topic_prefix or any(c in topic_prefix for c in "#+"):
         raise RecipeError(f"inference configuration topicPrefix must be a topic without "
                           f"wildcards; got {topic_prefix!r}")
+    _check_signing(config, configuration or {})
+    _check_telemetry(config)
+    _check_rollout(config)
     # The nucleus takes the first manifest whose platform matches the device, and a
     # Jetson (accelerator=nvidia) also matches the plain aarch64 manifest: the more
     # specific platforms go first (stable order otherwise).
@@ -625,7 +719,8 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
     access = access_control(
         component_name,
         pubsub_subscribe=[config["inputTopic"]],
-        mqtt_publish=[f"{topic_prefix}/*/results", f"{topic_prefix}/*/errors"],
+        mqtt_publish=[f"{topic_prefix}/*/results", f"{topic_prefix}/*/errors",
+                      f"{topic_prefix}/*/summary", f"{topic_prefix}/*/rollout"],
     )
     return build_recipe(
         component_name=component_name, component_version=component_version,
@@ -636,6 +731,54 @@ def inference_recipe(*, component_name: str, platforms: Sequence[PlatformArtifac
 
 
 _install_script = install_script
+
+
+def _check_telemetry(config: Mapping[str, Any]) -> None:
+    """The telemetry keys, checked as the device will check them (unresolved tokens aside)."""
+    from ..telemetry import TelemetryConfig, TelemetryConfigError
+
+    values = {k: config[k] for k in TELEMETRY_ENVIRONMENT
+              if not (isinstance(config[k], str) and is_token(config[k]))}
+    try:
+        TelemetryConfig().updated(values)
+    except TelemetryConfigError as exc:
+        raise RecipeError(f"inference configuration: {exc}") from None
+
+
+def _check_rollout(config: Mapping[str, Any]) -> None:
+    """The rollout keys, checked as the device will check them (unresolved tokens aside)."""
+    from ..rollout import RolloutConfig, RolloutConfigError
+
+    values = {k: config[k] for k in ROLLOUT_ENVIRONMENT
+              if not (isinstance(config[k], str) and is_token(config[k]))}
+    try:
+        RolloutConfig().updated(values)
+    except RolloutConfigError as exc:
+        raise RecipeError(f"inference configuration: {exc}") from None
+
+
+def _check_signing(config: dict, given: Mapping[str, Any]) -> None:
+    """Validate ``signingPublicKey`` and ``allowUnsigned`` in ``config`` (the defaults
+    merged with ``given``), and derive ``allowUnsigned`` when ``given`` does not set it."""
+    key = config["signingPublicKey"]
+    if not isinstance(key, str):
+        raise RecipeError(f"inference configuration signingPublicKey must be PEM text, the "
+                          f"base64 of its DER, or \"\" for none; got {key!r}")
+    if key and not is_token(key):
+        try:
+            parse_public_key(key)
+        except NeoEdgeError as exc:
+            raise RecipeError(f"inference configuration signingPublicKey: {exc}") from None
+    if "allowUnsigned" not in given:
+        config["allowUnsigned"] = not key
+    allow = config["allowUnsigned"]
+    if not isinstance(allow, bool):
+        raise RecipeError(f"inference configuration allowUnsigned must be true or false; "
+                          f"got {allow!r}")
+    if not allow and not key:
+        raise RecipeError("inference configuration allowUnsigned is false but there is no "
+                          "signingPublicKey to verify signatures with; give one, or allow "
+                          "unsigned models")
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -716,7 +859,8 @@ __all__ = [
     "ARCHITECTURES", "Artifact", "DEVICE_REQUIREMENTS_FILE", "Dependency", "INFERENCE_DEFAULTS",
     "INSTALL_SCRIPT", "INSTALL_TIMEOUT", "VENV_DIR", "install_script",
     "LIFECYCLE_STEPS", "Manifest", "NUCLEUS", "NUCLEUS_REQUIREMENT", "OPERATING_SYSTEMS",
-    "PlatformArtifacts", "RECIPE_FORMAT_VERSION", "RUN_SCRIPT", "RecipeError", "access_control",
+    "PlatformArtifacts", "RECIPE_FORMAT_VERSION", "RUN_SCRIPT", "RecipeError",
+    "TELEMETRY_ENVIRONMENT", "ROLLOUT_ENVIRONMENT", "access_control",
     "build_recipe", "check_platform", "check_version", "content_version", "inference_recipe",
     "is_token", "recipe_json", "validate_recipe",
 ]

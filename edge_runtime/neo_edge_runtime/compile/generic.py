@@ -1,0 +1,387 @@
+"""Rewrites and default schedules for the operators our templates do not name
+(build machine only).
+
+The template schedules (:mod:`.schedules`, :mod:`.winograd`) cover channels-last 2-D
+convolutions, pooling windows and concatenations. A model exported from PyTorch brings
+more: 1-D convolutions and pools (sensor and audio models), hardswish and hardsigmoid
+(``Clip``), fully connected layers, softmax and layer norm, and the elementwise glue
+between them. TVM compiles a kernel nobody scheduled as the loops its operator was
+written as, on one core and without vectors: a 1-D convolution ran 70 times slower than
+ONNX Runtime's, and a 1024x1000 fully connected layer 10 times.
+
+- :func:`conv1d_as_conv2d` writes 1-D convolutions and pools as 2-D ones of height 1, so
+  the 2-D templates (and the channels-last layout) serve them;
+- :func:`clip_as_min_max` writes ``clip`` as ``minimum(maximum(x, lo), hi)``, which
+  layout conversion sees through (it has no layout rule for ``clip`` and would transpose
+  every hardswish's input back to channels first and its output forward again);
+- :func:`unit_permutes_as_reshapes` turns the transposes that only move axes of size 1
+  (left around those 1-D operators) into reshapes, which cost nothing;
+- :func:`fast_math` computes sigmoid (SiLU, EfficientNet's and YOLO's activation), tanh
+  and erf (GELU) by polynomial approximations that vectorize;
+- :func:`schedule_unscheduled` gives every kernel no template or tuning record scheduled
+  a default CPU schedule: parallel over its outer loops, vectorized along its innermost
+  one; a matrix product (fully connected layer) with its reduction outside the output
+  columns, so each step is one broadcast and a vector multiply-add.
+
+Each is a pass in the sense of :class:`.compiler._Passes`: the compiler skips any that
+fails, and :func:`schedule_unscheduled` leaves a kernel it cannot schedule as it was.
+"""
+
+from __future__ import annotations
+
+
+def conv1d_as_conv2d(mod):
+    """``mod`` with every NCW ``conv1d``, ``max_pool1d`` and ``avg_pool1d`` computed as
+    the 2-D operator on the input with a height of 1 (``expand_dims`` before, ``squeeze``
+    after), which layout conversion then turns channels last like any 2-D convolution."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x, w = wildcard(), wildcard()
+    conv = is_op("relax.nn.conv1d")(x, w)
+    maxp, avgp = is_op("relax.nn.max_pool1d")(x), is_op("relax.nn.avg_pool1d")(x)
+
+    def rewrite_conv(expr, matched):
+        a = matched[conv].attrs
+        if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCW", "OIW", "NCW"):
+            return expr
+        lo, hi = (int(p) for p in a.padding)
+        y = relax.op.nn.conv2d(
+            relax.op.expand_dims(matched[x], [2]), relax.op.expand_dims(matched[w], [2]),
+            strides=[1, int(a.strides[0])], padding=[0, lo, 0, hi],
+            dilation=[1, int(a.dilation[0])], groups=int(a.groups),
+            data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW",
+            out_dtype=a.out_dtype if str(a.out_dtype) else None)
+        return relax.op.squeeze(y, [2])
+
+    def rewrite_pool(expr, matched):
+        call = matched[maxp] if maxp in matched else matched[avgp]
+        a = call.attrs
+        if (a.layout, a.out_layout) != ("NCW", "NCW"):
+            return expr
+        lo, hi = (int(p) for p in a.padding)
+        kwargs = dict(pool_size=[1, int(a.pool_size[0])], strides=[1, int(a.strides[0])],
+                      padding=[0, lo, 0, hi], dilation=[1, int(a.dilation[0])],
+                      ceil_mode=bool(a.ceil_mode), layout="NCHW")
+        data = relax.op.expand_dims(matched[x], [2])
+        if call.op.name.endswith("max_pool1d"):
+            y = relax.op.nn.max_pool2d(data, **kwargs)
+        else:
+            y = relax.op.nn.avg_pool2d(data, count_include_pad=bool(a.count_include_pad),
+                                       **kwargs)
+        return relax.op.squeeze(y, [2])
+
+    funcs = {}
+    for gv, f in mod.functions.items():
+        if isinstance(f, relax.Function):
+            f = rewrite_call(conv, rewrite_conv, f)
+            f = rewrite_call(maxp | avgp, rewrite_pool, f)
+        funcs[gv] = f
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def clip_as_min_max(mod):
+    """``mod`` with every float ``clip(x, lo, hi)`` written ``minimum(maximum(x, lo), hi)``
+    (the same values: NaN stays NaN either way)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x, lo, hi = wildcard(), wildcard(), wildcard()
+    clip = is_op("relax.clip")(x, lo, hi)
+
+    def bound(value, dtype):
+        """A constant bound (an integer or float immediate) as a tensor of ``dtype``."""
+        value = getattr(value, "value", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return relax.const(float(value), dtype)
+        return None
+
+    def rewrite(expr, matched):
+        ty = matched[x].ty
+        if not isinstance(ty, relax.TensorType) or not str(ty.dtype).startswith("float"):
+            return expr
+        low, high = bound(matched[lo], ty.dtype), bound(matched[hi], ty.dtype)
+        if low is None or high is None:
+            return expr
+        return relax.op.minimum(relax.op.maximum(matched[x], low), high)
+
+    funcs = {gv: rewrite_call(clip, rewrite, f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def unit_permutes_as_reshapes(mod):
+    """``mod`` with every ``permute_dims`` that only moves axes of size 1 written as the
+    ``reshape`` it is (the elements keep their order), which the VM does without a copy.
+    Layout conversion leaves such transposes around 1-D convolutions computed as 2-D
+    ones (:func:`conv1d_as_conv2d`) and around squeezed axes."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    permute = is_op("relax.permute_dims")(x)
+
+    def rewrite(expr, matched):
+        ty = matched[x].ty
+        if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.ndim < 0:
+            return expr
+        try:
+            shape = [int(d) for d in ty.shape.values]
+        except TypeError:
+            return expr
+        axes = matched[permute].attrs.axes
+        order = list(range(len(shape))) if axes is None else [int(a) for a in axes]
+        if axes is None:
+            order.reverse()
+        moved = [a for a in order if shape[a] != 1]
+        if moved != sorted(moved):
+            return expr
+        return relax.op.reshape(matched[x], [shape[a] for a in order])
+
+    funcs = {gv: rewrite_call(permute, rewrite, f) if isinstance(f, relax.Function) else f
+             for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+#: Below this many multiply-adds (or elements, for a kernel without a reduction) a kernel
+#: runs on one thread: waking the pool costs more than the work.
+PARALLEL_MIN_WORK = 1 << 15
+#: The largest register tile of a matrix product: rows x vectors of output columns.
+_TILE_ROWS, _TILE_VECTORS = 4, 3
+
+_SCHEDULED = "tirx.is_scheduled"
+
+
+def _is_scheduled(func) -> bool:
+    return func.attrs is not None and _SCHEDULED in func.attrs \
+        and int(func.attrs[_SCHEDULED]) == 1
+
+
+def schedule_unscheduled(mod, target, log=lambda msg: None):
+    """``mod`` with each TIR kernel that nothing scheduled yet (no template, no tuning
+    record: its loops as its operator wrote them) given a default CPU schedule
+    (:func:`default_schedule`). A kernel no rule fits, or whose schedule fails, is left
+    as it was and named through ``log``."""
+    import tvm
+    from tvm import tirx
+
+    from .schedules import vector_config
+
+    lanes = vector_config(target)[0]
+    funcs, left = {}, []
+    for gv, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
+            try:
+                func = default_schedule(func, lanes, target) or func
+            except Exception:  # this kernel keeps its loops as written
+                left.append(gv.name_hint)
+        funcs[gv] = func
+    if left:
+        log(f"default schedules: {len(left)} kernels left as written: "
+            f"{', '.join(sorted(left)[:8])}{' ...' if len(left) > 8 else ''}")
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def default_schedule(func, lanes: int, target=None):
+    """``func`` scheduled for a CPU, marked scheduled; None when no rule fits.
+
+    - Blocks that only compute an element from others (elementwise, broadcast, padding,
+      transposes) are inlined into their readers where TVM allows it.
+    - With no reduction left: each block parallel over its outer loops, vectorized along
+      its innermost (or along all of its loops fused, when the innermost is shorter than
+      a vector).
+    - One reduction (a matrix product, a mean, a pooling window) with elementwise blocks
+      after it: a register tile of up to 4 rows by 3 vectors of its innermost output
+      axis, the reduction outside the tile's columns, so each step broadcasts one input
+      value against whole vectors of the other operand; parallel over the tiles; the
+      blocks after it computed per tile.
+    - Several reductions in sequence (softmax, layer norm): TVM's dlight CPU rule.
+    """
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    _inline(sch, root)
+    blocks = sch.get_child_blocks(root)
+    reducing = [b for b in blocks if _reduce_count(sch, b)]
+    if not reducing:
+        for b in blocks:
+            _elementwise(sch, b, lanes)
+    elif len(reducing) == 1 and sch.get(blocks[0]).same_as(sch.get(reducing[0])):
+        _reduction(sch, reducing[0], blocks[1:], lanes)
+    else:
+        return _dlight_reduction(func, target)
+    return sch.mod["main"].with_attr(_SCHEDULED, True)
+
+
+def _dlight_reduction(func, target):
+    if target is None:
+        return None
+    from tvm.s_tir.dlight.cpu import Reduction
+
+    sch = Reduction().apply(func, target, False)
+    if sch is None:
+        return None
+    return sch.mod["main"].with_attr(_SCHEDULED, True)
+
+
+def _reduce_count(sch, block) -> int:
+    return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) != 0)
+
+
+def _inline(sch, root) -> None:
+    """Inline every elementwise block into its readers, then every elementwise block that
+    only reads one block's output into that block, where TVM allows it."""
+    for b in sch.get_child_blocks(root)[:-1]:
+        if not _reduce_count(sch, b):
+            try:
+                sch.compute_inline(b)
+            except Exception:  # an output, or not inlinable: stays a block
+                pass
+    for b in reversed(sch.get_child_blocks(root)):
+        if not _reduce_count(sch, b):
+            try:
+                sch.reverse_compute_inline(b)
+            except Exception:  # its producer is a reduction, or not inlinable
+                pass
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _work(sch, block) -> int:
+    n = 1
+    for loop in sch.get_loops(block):
+        n *= _extent(sch, loop)
+    return n
+
+
+def _elementwise(sch, block, lanes: int) -> None:
+    from ._tiling import vector_width
+
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = _work(sch, block)
+    inner = loops[-1]
+    short = _extent(sch, inner) < lanes or \
+        vector_width(_extent(sch, inner), lanes) < lanes // 2 < _extent(sch, inner)
+    if short and _same_indices(sch, block):
+        inner = sch.fuse(*loops)  # elementwise with a short last axis: vectors across axes
+        loops = [inner]
+    step = vector_width(_extent(sch, inner), lanes) if not short or len(loops) == 1 else 1
+    outer = loops[:-1]
+    if step > 1:
+        out, vec = sch.split(inner, [None, step])
+        sch.vectorize(vec)
+        outer = [*outer, out]
+    if outer and work >= PARALLEL_MIN_WORK:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _same_indices(sch, block) -> bool:
+    """Whether ``block`` reads every buffer at the element it writes (elementwise, no
+    broadcast or transpose): then its loops fused run through all buffers contiguously."""
+    stmt = sch.get(block)
+    write = stmt.writes[0]
+    where = [str(r.min) for r in write.region]
+    return all(len(r.source.shape) == len(write.source.shape)
+               and [str(x.min) for x in r.region] == where for r in stmt.reads)
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _reduction(sch, block, after: list, lanes: int) -> None:
+    from ._tiling import vector_width
+
+    stmt = sch.get(block)
+    kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
+    loops = sch.get_loops(block)
+    if len(loops) != len(kinds) or kinds != sorted(kinds) or kinds[0] != 0:
+        raise ValueError("not a reduction with its spatial loops outermost")
+    n_spatial = kinds.count(0)
+    spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
+    work = _work(sch, block)
+    cols = spatial[-1]
+    width = _extent(sch, cols)
+    step = vector_width(width, lanes)
+    tile_outer, tile_inner = [], []
+    if step > 1:
+        per = _divisor_at_most(width // step, _TILE_VECTORS)
+        co, cu, cv = sch.split(cols, [None, per, step])
+        tile_outer.append(co)
+        tile_inner += [cu, cv]
+    else:
+        tile_outer.append(cols)
+    if len(spatial) > 1 and _extent(sch, spatial[-2]) > 1:
+        rows = _divisor_at_most(_extent(sch, spatial[-2]), _TILE_ROWS)
+        ro, ri = sch.split(spatial[-2], [None, rows])
+        tile_inner = [ri, *tile_inner]
+        spatial = spatial[:-2] + [ro]
+    else:
+        spatial = spatial[:-1]
+    outer = [*spatial, *tile_outer]
+    sch.reorder(*outer, *reduce, *tile_inner)
+    tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(tile)
+    for loop in tile_inner[:-1]:
+        sch.unroll(loop)
+    if step > 1:
+        sch.vectorize(tile_inner[-1])
+    sch.decompose_reduction(block, reduce[0] if reduce else tile_inner[0])
+    for b in after:
+        sch.reverse_compute_at(b, tile)
+        _vectorize_inner(sch, b, lanes)
+
+
+def _vectorize_inner(sch, block, lanes: int) -> None:
+    from ._tiling import vectorize
+
+    loops = sch.get_loops(block)
+    if loops:
+        vectorize(sch, loops[-1], lanes)
+
+
+def fast_math(mod):
+    """``mod`` with float32 ``sigmoid``, ``tanh`` and ``erf`` computed by TVM's
+    polynomial approximations (``topi.fast_exp``, ``fast_tanh``, ``fast_erf``: about
+    1e-7 relative error in float32), which vectorize; the libm calls they replace run one
+    element at a time and made EfficientNet's SiLU epilogues cost several times their
+    convolutions. ONNX Runtime's CPU kernels approximate them too. Softmax is left as it
+    is (an output layer: a classifier's probabilities keep full precision).
+
+    After layout conversion: the kernels this emits are opaque to it.
+    """
+    import tvm
+    from tvm import relax, topi
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def sigmoid(x):
+        return topi.divide(1.0, topi.add(1.0, topi.fast_exp(topi.negative(x))))
+
+    fast = {"relax.sigmoid": sigmoid, "relax.tanh": topi.fast_tanh,
+            "relax.erf": topi.fast_erf}
+
+    @mutator
+    class Fast(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            name = getattr(call.op, "name", None)
+            ty = call.args[0].ty if name in fast else None
+            if isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32":
+                return self.builder_.call_te(fast[name], call.args[0],
+                                             primfunc_name_hint=f"fast_{name[6:]}")
+            return call
+
+    mutated = Fast(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            mutated.builder_.update_func(gv, mutated.visit_expr(func))
+    return mutated.builder_.get()

@@ -1,0 +1,240 @@
+"""The rewrites and default schedules for operators the templates do not name
+(:mod:`neo_edge_runtime.compile.generic`): each computes what TVM's unscheduled kernel
+or ONNX Runtime computes.
+
+The corpus tests (test_corpus.py) run the same code on models PyTorch's exporter wrote
+(the sensor CNN's Conv1d, MobileNetV3's hardswish); these cases cover the attributes the
+corpus does not (strides, dilations, uneven padding, groups) at sizes that compile in
+seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from neo_edge_runtime import EdgeModel, compile_model  # noqa: E402
+from neo_edge_runtime.compile import compiler, generic  # noqa: E402
+from neo_edge_runtime.compile.schedules import vector_config  # noqa: E402
+from neo_edge_runtime.targets import resolve  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tvm.target.Target(compiler._tvm_target(resolve("host")))
+
+
+def _kernels():
+    from tvm import te, topi
+
+    def matmul(m, k, n):
+        x, w, b = te.placeholder((m, k)), te.placeholder((k, n)), te.placeholder((n,))
+        return [x, w, b, topi.nn.relu(topi.add(topi.matmul(x, w), b))]
+
+    def hardswish(shape):
+        x = te.placeholder(shape)
+        return [x, topi.multiply(x, topi.divide(
+            topi.minimum(topi.maximum(topi.add(x, 3.0), 0.0), 6.0), 6.0))]
+
+    def transpose(shape, axes):
+        x = te.placeholder(shape)
+        return [x, topi.transpose(x, axes)]
+
+    def broadcast_add(shape):
+        x, b = te.placeholder(shape), te.placeholder((shape[-1],))
+        return [x, b, topi.add(x, b)]
+
+    def mean(shape, axes):
+        x = te.placeholder(shape)
+        return [x, topi.divide(topi.sum(x, axis=axes, keepdims=True),
+                               float(np.prod([shape[a] for a in axes])))]
+
+    def softmax(shape):
+        x = te.placeholder(shape)
+        return [x, topi.nn.softmax(x)]
+
+    return {
+        "gemv 1x256x1000": matmul(1, 256, 1000),
+        "matmul with tails 5x7x13": matmul(5, 7, 13),
+        "matmul 12x33x48": matmul(12, 33, 48),
+        "hardswish nhwc": hardswish((1, 12, 12, 24)),
+        "hardswish short last axis": hardswish((1, 8, 8, 3)),
+        "transpose nchw to nhwc": transpose((1, 3, 128, 128), (0, 2, 3, 1)),
+        "broadcast add": broadcast_add((1, 10, 10, 40)),
+        "global mean nhwc": mean((1, 7, 7, 96), (1, 2)),
+        "mean over the last axis": mean((4, 50), (1,)),
+        "softmax": softmax((3, 37)),
+    }
+
+
+KERNELS = _kernels()
+#: Fewer elements than threads or vectors are worth splitting for: scheduled as written.
+TOO_SMALL_TO_SPLIT = {"matmul with tails 5x7x13", "mean over the last axis"}
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_default_schedule_computes_what_the_unscheduled_kernel_does(name, target):
+    from tvm import te
+
+    tensors = KERNELS[name]
+    func = te.create_prim_func(tensors)
+    scheduled = generic.default_schedule(func, vector_config(target)[0], target)
+    assert scheduled is not None, f"no default schedule for {name}"
+    assert int(scheduled.attrs["tirx.is_scheduled"]) == 1
+    if name not in TOO_SMALL_TO_SPLIT:
+        text = scheduled.script()
+        assert "T.vectorized" in text or "T.parallel" in text, text
+
+    rng = np.random.default_rng(0)
+    shapes = [[int(d) for d in t.shape] for t in tensors]
+    inputs = [rng.standard_normal(s).astype("float32") for s in shapes[:-1]]
+    results = []
+    for f in (func, scheduled):
+        lib = tvm.compile(f, target=target)
+        args = [tvm.runtime.tensor(a) for a in inputs] + \
+            [tvm.runtime.tensor(np.zeros(shapes[-1], "float32"))]
+        lib(*args)
+        results.append(args[-1].numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-5)
+
+
+def test_default_schedules_leave_scheduled_kernels_alone(target):
+    from tvm import te
+
+    func = te.create_prim_func(KERNELS["broadcast add"]).with_attr("tirx.is_scheduled", True)
+    mod = tvm.IRModule({"k": func})
+    out = generic.schedule_unscheduled(mod, target)
+    assert out["k"].same_as(func)
+
+
+def _onnx_model(tmp_path, name, nodes, x_shape, y_shape, inits=()):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _matches_onnxruntime(tmp_path, path, x_shape):
+    passes = []
+    artifact = compile_model(path, "host", tmp_path / "artifact", log=passes.append)
+    manifest = EdgeModel.load(artifact).manifest
+    # Every pass applied: none skipped (a skipped pass would leave the stock path).
+    assert "optimizations" not in manifest, manifest.get("optimizations")
+    x = np.random.default_rng(1).standard_normal(x_shape).astype("float32")
+    got = EdgeModel.load(artifact).predict(x)["y"]
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+CONV1D = [  # (cin, cout, kernel, stride, dilation, pads, groups, length)
+    (6, 16, 5, 1, 1, (2, 2), 1, 40),
+    (8, 24, 3, 2, 1, (1, 0), 1, 33),
+    (8, 16, 3, 1, 2, (2, 2), 2, 30),
+    (16, 16, 5, 1, 1, (2, 2), 16, 24),  # depthwise
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,dilation,pads,groups,length", CONV1D)
+def test_conv1d_runs_as_a_2d_convolution_and_matches_onnxruntime(
+        tmp_path, cin, cout, k, stride, dilation, pads, groups, length):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((cout, cin // groups, k)) * 0.3).astype("float32"), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "b")
+    out_len = (length + sum(pads) - dilation * (k - 1) - 1) // stride + 1
+    pooled = out_len // 2
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k],
+                              strides=[stride], dilations=[dilation], pads=list(pads),
+                              group=groups),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2], strides=[2])]
+    path = _onnx_model(tmp_path, "conv1d", nodes, [1, cin, length], [1, cout, pooled],
+                       [w, b])
+
+    mod, *_ = compiler._import(path, "ONNX", None, None)
+    rewritten = generic.conv1d_as_conv2d(mod)
+    text = rewritten.script()
+    assert "conv1d" not in text and "max_pool1d" not in text and "R.nn.conv2d" in text
+    _matches_onnxruntime(tmp_path, path, [1, cin, length])
+
+
+def test_average_pool1d_runs_as_a_2d_pool_and_matches_onnxruntime(tmp_path):
+    from onnx import helper
+
+    nodes = [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3], strides=[2],
+                              pads=[1, 1], count_include_pad=0)]
+    path = _onnx_model(tmp_path, "avgpool1d", nodes, [1, 8, 21], [1, 8, 11])
+    mod, *_ = compiler._import(path, "ONNX", None, None)
+    assert "avg_pool1d" not in generic.conv1d_as_conv2d(mod).script()
+    _matches_onnxruntime(tmp_path, path, [1, 8, 21])
+
+
+def test_hardswish_and_hardsigmoid_stay_channels_last_and_match_onnxruntime(tmp_path,
+                                                                            target):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((16, 8, 3, 3)) * 0.3)
+                                .astype("float32"), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["h"]),
+             helper.make_node("HardSigmoid", ["h"], ["y"], alpha=0.2, beta=0.4)]
+    path = _onnx_model(tmp_path, "hardswish", nodes, [1, 8, 12, 12], [1, 16, 12, 12], [w])
+
+    mod, *_ = compiler._import(path, "ONNX", None, None)
+    last = compiler._channels_last(mod, target)
+    text = last.script()
+    assert "R.clip" not in text
+    # One transpose in (the input), one out (the output): none around the activations.
+    assert text.count("R.permute_dims") == 3, text  # input, weights, output
+    _matches_onnxruntime(tmp_path, path, [1, 8, 12, 12])
+
+
+def test_unit_permutes_become_reshapes_and_others_stay():
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 1, 5, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.permute_dims(x, [0, 2, 1, 3]))   # moves a size-1 axis
+            b = bb.emit(relax.op.permute_dims(a, [0, 3, 2, 1]))   # a real transpose
+            out = bb.emit_output(b)
+        bb.emit_func_output(out)
+    text = generic.unit_permutes_as_reshapes(bb.get()).script()
+    assert text.count("R.reshape") == 1 and text.count("R.permute_dims") == 1, text
+
+
+def test_sigmoid_tanh_and_erf_use_fast_math_and_match_onnxruntime(tmp_path, target):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((16, 8, 1, 1)) * 2.0)
+                                .astype("float32"), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["c", "s"], ["silu"]),  # SiLU, as EfficientNet's
+             helper.make_node("Tanh", ["silu"], ["t"]),
+             helper.make_node("Erf", ["c"], ["e"]),
+             helper.make_node("Add", ["t", "e"], ["y"])]
+    path = _onnx_model(tmp_path, "fast_math", nodes, [1, 8, 10, 10], [1, 16, 10, 10], [w])
+
+    mod, *_ = compiler._import(path, "ONNX", None, None)
+    text = compiler._channels_last(mod, target).script()
+    assert "R.sigmoid" not in text and "R.tanh" not in text and "R.erf" not in text
+    assert "fast_sigmoid" in text and "fast_tanh" in text and "fast_erf" in text
+    _matches_onnxruntime(tmp_path, path, [1, 8, 10, 10])
