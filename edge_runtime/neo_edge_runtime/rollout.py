@@ -46,7 +46,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
 
 __all__ = ["HealthWatch", "ROLLOUT_SCHEMA", "RolloutConfig", "RolloutConfigError",
            "RolloutController", "ShadowTrial", "decision_message"]
@@ -195,12 +194,16 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _p90(values: List[float]) -> Optional[float]:
+    import numpy as np
+
     return round(float(np.percentile(np.asarray(values, np.float64), 90)), 4) if values else None
 
 
 def _primary(result: Mapping[str, Any]) -> Optional[np.ndarray]:
     """The score a result is judged by: classification confidence, anomaly score, or the
     regression value(s)."""
+    import numpy as np
+
     for key in ("confidence", "anomaly_score", "value"):
         value = result.get(key)
         if value is not None:
@@ -267,6 +270,8 @@ class ShadowTrial:
 
     def figures(self) -> Dict[str, Any]:
         """What the decision is made on."""
+        import numpy as np
+
         with self._lock:
             pairs = list(self.pairs)
         n = len(pairs)

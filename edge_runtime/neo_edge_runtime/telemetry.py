@@ -44,7 +44,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
 
 __all__ = ["CONFIDENCE_BOUNDS", "CaptureSpool", "FolderUploader", "LATENCY_BOUNDS_MS",
            "MAX_BATCH_RECORDS", "RESULTS_SCHEMA", "S3Uploader", "SUMMARY_SCHEMA", "Telemetry",
@@ -475,6 +474,8 @@ class CaptureSpool:
 
     def add(self, result: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> bool:
         """Append one request's inputs and prediction; False when the spool is full."""
+        import numpy as np
+
         values = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1)
                                  for _, v in sorted(inputs.items())])
         row = io.StringIO()

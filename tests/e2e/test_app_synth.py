@@ -45,7 +45,9 @@ def test_build_app_passes_nag_and_cfn_lint(synthesized):
     body = synthesized.to_json()
     assert "Parameters" not in body or set(body["Parameters"]) == {"BootstrapVersion"}
     synthesized.resource_count_is("AWS::GreengrassV2::ComponentVersion", 1)
-    synthesized.resource_count_is("Custom::SageMakerCompilationJob", 3)
+    # rasp4b by neo-edge's compiler in CodeBuild; ml_c5 (the optional endpoint's) by Neo
+    synthesized.resource_count_is("Custom::NeoEdgeCompilationBuild", 1)
+    synthesized.resource_count_is("Custom::SageMakerCompilationJob", 1)
     synthesized.resource_count_is("AWS::SageMaker::Endpoint", 0)
 
 

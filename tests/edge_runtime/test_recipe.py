@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import textwrap
 from typing import Optional
 
 import pytest
@@ -428,3 +429,24 @@ def test_fails_when_a_telemetry_setting_is_bad():
                            configuration={"resultsSampleRate": 2})
     assert str(exc.value) == ("inference configuration: telemetry setting resultsSampleRate must "
                               "be a number from 0 to 1; got 2")
+
+
+def test_the_recipe_builder_needs_no_numpy():
+    """The construct library builds recipes in a user's CDK app, which has no numpy: the
+    configuration checks of telemetry, rollout and signing must not import it."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["numpy"] = None  # import numpy raises ImportError
+        from neo_edge_runtime.compile import recipe as r
+        from neo_edge_runtime.targets import resolve
+        platform = r.PlatformArtifacts(
+            platform=resolve("rasp4b").greengrass_platform, name="rasp4b",
+            model=r.Artifact("s3://bucket/m.zip", sha256="ab" * 32, unarchive="ZIP"),
+            runtime=r.Artifact("s3://bucket/aarch64.zip", unarchive="ZIP"))
+        r.inference_recipe(component_name="c", platforms=[platform], configuration={
+            "publishResults": "sampled", "resultsSampleRate": 0.05, "shadowShare": 0.25})
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
