@@ -238,3 +238,18 @@ def test_sigmoid_tanh_and_erf_use_fast_math_and_match_onnxruntime(tmp_path, targ
     assert "R.sigmoid" not in text and "R.tanh" not in text and "R.erf" not in text
     assert "fast_sigmoid" in text and "fast_tanh" in text and "fast_erf" in text
     _matches_onnxruntime(tmp_path, path, [1, 8, 10, 10])
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Erf"])
+def test_fast_math_keeps_nan_and_infinities(tmp_path, op):
+    """The approximations clamp their input (fast_erf(NaN) was 1): NaN must stay NaN and
+    the infinities reach the limits, as in ONNX Runtime."""
+    from onnx import helper
+
+    path = _onnx_model(tmp_path, op, [helper.make_node(op, ["x"], ["y"])], [1, 64], [1, 64], [])
+    x = np.linspace(-30, 30, 64).astype(np.float32).reshape(1, 64)
+    x[0, :3] = [np.nan, np.inf, -np.inf]
+    art = compile_model(path, "host", tmp_path / "art")
+    got = EdgeModel.load(art).predict(x)["y"]
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)  # NaN where NaN, else close

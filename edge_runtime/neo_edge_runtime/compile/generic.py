@@ -366,8 +366,13 @@ def fast_math(mod):
     def sigmoid(x):
         return topi.divide(1.0, topi.add(1.0, topi.fast_exp(topi.negative(x))))
 
-    fast = {"relax.sigmoid": sigmoid, "relax.tanh": topi.fast_tanh,
-            "relax.erf": topi.fast_erf}
+    def nan_kept(f):
+        # The approximations clamp their input: fast_erf(NaN) is 1. NaN stays NaN, as in
+        # the exact functions and ONNX Runtime.
+        return lambda x: topi.where(topi.isnan(x), x, f(x))
+
+    fast = {"relax.sigmoid": nan_kept(sigmoid), "relax.tanh": nan_kept(topi.fast_tanh),
+            "relax.erf": nan_kept(topi.fast_erf)}
 
     @mutator
     class Fast(PyExprMutator):
