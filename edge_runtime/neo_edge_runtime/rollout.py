@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from . import _settings
 
 
 __all__ = ["HealthWatch", "ROLLOUT_SCHEMA", "RolloutConfig", "RolloutConfigError",
@@ -61,14 +62,7 @@ class RolloutConfigError(ValueError):
 
 
 def _number(name: str, raw: Any, low: float, high: float = math.inf) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(raw, bool) or not math.isfinite(value) or not low <= value <= high:
-        bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"at least {low:g}"
-        raise RolloutConfigError(f"rollout setting {name} must be a number {bound}; got {raw!r}")
-    return value
+    return _settings.number(RolloutConfigError, "rollout", name, raw, low, high)
 
 
 #: Component configuration key -> (field, environment variable).
@@ -174,9 +168,7 @@ class RolloutConfig:
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> "RolloutConfig":
         """The configuration the recipe's ``Setenv`` passes (unset variables: defaults)."""
-        env = os.environ if env is None else env
-        return cls().updated({key: str(env.get(var, "")).strip()
-                              for key, (_, var) in KEYS.items()})
+        return _settings.from_environment(cls, KEYS, env)
 
 
 _WHOLE = ("requests", "min_requests", "health_requests", "health_min_requests")

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from . import _settings
+
 
 __all__ = ["CONFIDENCE_BOUNDS", "CaptureSpool", "FolderUploader", "LATENCY_BOUNDS_MS",
            "MAX_BATCH_RECORDS", "RESULTS_SCHEMA", "S3Uploader", "SUMMARY_SCHEMA", "Telemetry",
@@ -70,14 +72,7 @@ class TelemetryConfigError(ValueError):
 
 
 def _number(name: str, raw: Any, low: float, high: float = math.inf) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(raw, bool) or not math.isfinite(value) or not low <= value <= high:
-        bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"at least {low:g}"
-        raise TelemetryConfigError(f"telemetry setting {name} must be a number {bound}; got {raw!r}")
-    return value
+    return _settings.number(TelemetryConfigError, "telemetry", name, raw, low, high)
 
 
 def _choice(name: str, raw: Any, choices: Tuple[str, ...]) -> str:
@@ -154,9 +149,7 @@ class TelemetryConfig:
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> "TelemetryConfig":
         """The configuration the recipe's ``Setenv`` passes (unset variables: defaults)."""
-        env = os.environ if env is None else env
-        return cls().updated({key: str(env.get(var, "")).strip()
-                              for key, (_, var) in _KEYS.items()})
+        return _settings.from_environment(cls, _KEYS, env)
 
 
 def _coerce(name: str, value: Any) -> Any:
