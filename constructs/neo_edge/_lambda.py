@@ -20,7 +20,7 @@ Usage from another construct::
 
     from ._lambda import bundled_function
 
-    fn = bundled_function(self, "Handler", "results_processor",
+    fn = bundled_function(self, "Handler", "component_publisher",
                           environment={"BUCKET": bucket.bucket_name},
                           include_runtime=True,
                           timeout=cdk.Duration.minutes(1), memory_size=512)
