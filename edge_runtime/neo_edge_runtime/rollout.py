@@ -163,7 +163,15 @@ class RolloutConfig:
                 changes[name] = str(value).strip()
             elif value != "":
                 changes[name] = _coerce(name, value)
-        return replace(self, **changes)
+        try:
+            return replace(self, **changes)
+        except RolloutConfigError as exc:
+            # Name the value as it was given ("0"), not as it was read (0.0).
+            head, _, _ = str(exc).partition("; got ")
+            key = head.split(" ")[2] if head.startswith("rollout setting ") else None
+            if key in values:
+                raise RolloutConfigError(f"{head}; got {values[key]!r}") from None
+            raise
 
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> "RolloutConfig":
