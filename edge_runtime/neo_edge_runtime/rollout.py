@@ -171,6 +171,12 @@ class RolloutConfig:
             key = head.split(" ")[2] if head.startswith("rollout setting ") else None
             if key in values:
                 raise RolloutConfigError(f"{head}; got {values[key]!r}") from None
+            for low, high in (("shadowMinRequests", "shadowRequests"),
+                              ("healthMinRequests", "healthRequests")):
+                if key == low and high in values:  # the update lowered the upper one
+                    raise RolloutConfigError(
+                        f"rollout setting {high} must be at least {low} "
+                        f"({getattr(self, KEYS[low][0])}); got {values[high]!r}") from None
             raise
 
     @classmethod
