@@ -43,6 +43,37 @@ def _compiler_options(value: Union[None, CompilerOptions, Mapping[str, Any]]
     return CompilerOptions.of(value)
 
 
+def _model_source(scope: Construct, bucket: s3.IBucket, model: Union[TrainingJob, str]):
+    """Where a compilation reads ``model`` from (a ``TrainingJob``'s ``model.tar.gz``, a key
+    in ``bucket``, or a literal ``s3://bucket/key`` URI): (its URI, a function granting a
+    role's policy read access to it, what identifies it for the output's fingerprint)."""
+    if isinstance(model, TrainingJob):
+        def read(policy: RolePolicy) -> None:
+            policy.read(model.bucket, model.output_prefix)
+        return (model.model_data_uri, read,
+                {"training_job": cdk.Stack.of(scope).resolve(model.request)})
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be a TrainingJob, a key in the bucket or an "
+                         f"s3://bucket/key URI; got {model!r}")
+    if model.startswith("s3://"):
+        match = _S3_URI.match(model)
+        if cdk.Token.is_unresolved(model) or not match:
+            raise ValueError(f"model must be a literal s3://bucket/key URI (for a bucket "
+                             f"in this app, pass the key and the bucket); got {model!r}")
+        source = s3.Bucket.from_bucket_name(scope, "ModelBucket", match.group(1))
+        key = match.group(2)
+
+        def read_uri(policy: RolePolicy) -> None:
+            policy.read(source, key)
+        return model, read_uri, {"uri": model}
+    if model.startswith("/") or "*" in model:
+        raise ValueError(f"model key must not start with '/' or contain '*'; got {model!r}")
+
+    def read_key(policy: RolePolicy) -> None:
+        policy.read(bucket, model)
+    return bucket.s3_url_for_object(model), read_key, {"key": model}
+
+
 class NeoCompilationJob(Construct):
     """A SageMaker Neo compilation job started at deploy time and awaited.
 
@@ -122,7 +153,7 @@ class NeoCompilationJob(Construct):
             raise ValueError(f"output_prefix must be a key prefix in the bucket, without a "
                              f"leading '/', '*' or 's3://' (e.g. 'compiled/'); got "
                              f"{output_prefix!r}")
-        model_uri, read = self._model_source(model)
+        model_uri, read, _ = _model_source(self, self.bucket, model)
         key = encryption_key or self.bucket.encryption_key
 
         if role is None:
@@ -177,32 +208,6 @@ class NeoCompilationJob(Construct):
         ``compiled_model.json``, ``compiled.params``), for SageMaker endpoints and DLR; an
         ``EdgeInferenceComponent`` refuses it (compile with ``EdgeCompilationJob``)."""
         return "dlr"
-
-    def _model_source(self, model: Union[TrainingJob, str]):
-        if isinstance(model, TrainingJob):
-            def read(policy: RolePolicy) -> None:
-                policy.read(model.bucket, model.output_prefix)
-            return model.model_data_uri, read
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a TrainingJob, a key in the bucket or an "
-                             f"s3://bucket/key URI; got {model!r}")
-        if model.startswith("s3://"):
-            match = _S3_URI.match(model)
-            if cdk.Token.is_unresolved(model) or not match:
-                raise ValueError(f"model must be a literal s3://bucket/key URI (for a bucket "
-                                 f"in this app, pass the key and the bucket); got {model!r}")
-            source = s3.Bucket.from_bucket_name(self, "ModelBucket", match.group(1))
-            key = match.group(2)
-
-            def read(policy: RolePolicy) -> None:
-                policy.read(source, key)
-            return model, read
-        if model.startswith("/") or "*" in model:
-            raise ValueError(f"model key must not start with '/' or contain '*'; got {model!r}")
-
-        def read_key(policy: RolePolicy) -> None:
-            policy.read(self.bucket, model)
-        return self.bucket.s3_url_for_object(model), read_key
 
     @classmethod
     def for_targets(cls, scope: Construct, id: str, *, targets: Sequence[TargetLike],

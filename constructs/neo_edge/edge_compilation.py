@@ -70,6 +70,7 @@ from constructs import Construct
 from ._sagemaker_job import (RolePolicy, SageMakerJobProvider, acknowledge,
                              acknowledge_wildcards, check_runtime)
 from .choices import Framework, TargetDevice, TargetPlatform, as_target
+from .compilation import _model_source
 from .interfaces import IModelArtifactBucket
 from .signing import ArtifactSigningKey
 from .storage import as_bucket
@@ -109,7 +110,6 @@ SIGNING_PUBLIC_KEY_VARIABLE = "SIGNING_PUBLIC_KEY"
 _DISTRIBUTION = "neo-edge"
 _PACKAGES = ("neo_edge", "neo_edge_runtime")
 _REQUIREMENTS_FILE = "requirements-compiler.txt"
-_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+)$")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _PROVIDER_BUILD_KIND = "build"
 
@@ -418,7 +418,7 @@ class EdgeCompilationJob(Construct):
                              ("model_file", model_file)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"{label} must be a non-empty string; got {value!r}")
-        model_uri, read, model_fingerprint = self._model_source(model)
+        model_uri, read, model_fingerprint = _model_source(self, self.bucket, model)
         stack = cdk.Stack.of(self)
         wheel = _CompilerWheel.of(self)
 
@@ -561,32 +561,6 @@ class EdgeCompilationJob(Construct):
     def artifact_format(self) -> str:
         """``neo-edge``: the artifact ``EdgeModel.load`` reads (``manifest.json`` at its root)."""
         return "neo-edge"
-
-    def _model_source(self, model: Union[TrainingJob, str]):
-        stack = cdk.Stack.of(self)
-        if isinstance(model, TrainingJob):
-            def read(policy: RolePolicy) -> None:
-                policy.read(model.bucket, model.output_prefix)
-            return model.model_data_uri, read, {"training_job": stack.resolve(model.request)}
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a TrainingJob, a key in the bucket or an "
-                             f"s3://bucket/key URI; got {model!r}")
-        if model.startswith("s3://"):
-            match = _S3_URI.match(model)
-            if cdk.Token.is_unresolved(model) or not match:
-                raise ValueError(f"model must be a literal s3://bucket/key URI (for a bucket "
-                                 f"in this app, pass the key and the bucket); got {model!r}")
-            source = s3.Bucket.from_bucket_name(self, "ModelBucket", match.group(1))
-
-            def read(policy: RolePolicy) -> None:
-                policy.read(source, match.group(2))
-            return model, read, {"uri": model}
-        if model.startswith("/") or "*" in model:
-            raise ValueError(f"model key must not start with '/' or contain '*'; got {model!r}")
-
-        def read_key(policy: RolePolicy) -> None:
-            policy.read(self.bucket, model)
-        return self.bucket.s3_url_for_object(model), read_key, {"key": model}
 
     @classmethod
     def for_targets(cls, scope: Construct, id: str, *, targets: Sequence[TargetLike],
