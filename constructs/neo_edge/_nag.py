@@ -44,3 +44,29 @@ def as_seen_from(scope: Construct, value: Any) -> Any:
                for t in fragments.tokens):
         return value
     return fragments.map_tokens(_ImportsFor(consumer)).join(cdk.StringConcat())
+
+
+def acknowledge_state_machine_role(state_machine: Any, functions: Any) -> Any:
+    """Acknowledge what every state machine of ours needs on its role's default policy:
+    ``*`` for vended log delivery and X-Ray, and ``<function arn>:*`` for each of
+    ``functions`` it invokes. Returns the policy's ``cdk.Validations`` for the caller's own
+    acknowledgments, or ``None`` when the role has no default policy."""
+    policy = state_machine.role.node.try_find_child("DefaultPolicy")
+    if policy is None:
+        return None
+    stack = cdk.Stack.of(state_machine)
+    validations = cdk.Validations.of(policy)
+    validations.acknowledge(cdk.Acknowledgment(
+        id="AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+        reason="Step Functions delivers execution logs through CloudWatch Logs vended log "
+               "delivery (logs:CreateLogDelivery, logs:DescribeResourcePolicies, ...) and "
+               "sends X-Ray traces (xray:PutTraceSegments, ...): actions that support no "
+               "resource-level permissions"))
+    for fn in functions:
+        logical = stack.resolve(fn.node.default_child.logical_id)
+        validations.acknowledge(cdk.Acknowledgment(
+            id=f"AwsSolutions::AwsSolutions-IAM5[Resource::<{logical}.Arn>:*]",
+            reason="Step Functions invokes the function by ARN with a version or alias "
+                   "qualifier (<function arn>:*); the wildcard covers only qualifiers of "
+                   "that one function"))
+    return validations

@@ -80,6 +80,7 @@ from constructs import Construct
 
 from . import _checkov
 from ._lambda import allow_redundant_depends_on, bundled_function
+from ._nag import acknowledge_state_machine_role
 from .fleet import acknowledge_wildcards
 from .interfaces import IEdgeFleet
 
@@ -487,7 +488,8 @@ class CanaryRollout(Construct):
             self.state_machine.add_to_role_policy(iam.PolicyStatement(
                 actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[topic_key.key_arn]))
         allow_redundant_depends_on(self.state_machine)
-        self._acknowledge(stack)
+        acknowledge_state_machine_role(self.state_machine,
+                                       (self.canary_deployer, self.fleet_deployer))
         self.state_machine_arn = self.state_machine.state_machine_arn
         self.dashboard = self._dashboard(dashboard, fleet_name)
 
@@ -567,21 +569,3 @@ class CanaryRollout(Construct):
                            left=[self.metric_per_version("ShadowCandidateErrorRate", "Average")]),
             cw.AlarmStatusWidget(title="Rollout alarm", width=6, alarms=[self.alarm]))
         return dashboard
-
-    def _acknowledge(self, stack: cdk.Stack) -> None:
-        policy = self.state_machine.role.node.try_find_child("DefaultPolicy")
-        if policy is None:
-            return
-        validations = cdk.Validations.of(policy)
-        validations.acknowledge(cdk.Acknowledgment(
-            id="AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            reason="Step Functions delivers execution logs through CloudWatch Logs vended log "
-                   "delivery and sends X-Ray traces: actions that support no resource-level "
-                   "permissions"))
-        for fn in (self.canary_deployer, self.fleet_deployer):
-            logical = stack.resolve(fn.node.default_child.logical_id)
-            validations.acknowledge(cdk.Acknowledgment(
-                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::<{logical}.Arn>:*]",
-                reason="Step Functions invokes the function by ARN with a version or alias "
-                       "qualifier (<function arn>:*); the wildcard covers only qualifiers of "
-                       "that one function"))

@@ -81,6 +81,7 @@ from . import _checkov
 from ._lambda import (allow_redundant_depends_on, bundled_function, check_reserved_concurrency,
                       keep_failed_invocations)
 from .canary import CanaryRollout
+from ._nag import acknowledge_state_machine_role
 from ._sagemaker_job import RolePolicy, _sanitize, _short_hash, nag_arn
 from .compilation import NeoCompilationJob, NeoCompilationSet
 from .edge_compilation import EdgeCompilationJob, EdgeCompilationSet
@@ -739,7 +740,7 @@ class RetrainPipeline(_StateMachineRuns, Construct):
             self.state_machine.add_to_role_policy(iam.PolicyStatement(
                 actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[topic_key.key_arn]))
         allow_redundant_depends_on(self.state_machine)
-        self._acknowledge_machine(stack)
+        self._acknowledge_machine()
 
         # --- triggers ------------------------------------------------------------------------
         channels = training_job.input_channels
@@ -1057,18 +1058,13 @@ class RetrainPipeline(_StateMachineRuns, Construct):
                    "their ids are known only at run time. The thing group itself is named "
                    "exactly")
 
-    def _acknowledge_machine(self, stack: cdk.Stack) -> None:
-        role = self.state_machine.role
-        policy = role.node.try_find_child("DefaultPolicy")
-        if policy is None:
+    def _acknowledge_machine(self) -> None:
+        functions = [self.publisher_function] + (
+            [self.deployer_function] if self.canary is None
+            else [self.canary.canary_deployer, self.canary.fleet_deployer])
+        validations = acknowledge_state_machine_role(self.state_machine, functions)
+        if validations is None:
             return
-        validations = cdk.Validations.of(policy)
-        validations.acknowledge(cdk.Acknowledgment(
-            id="AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            reason="Step Functions delivers execution logs through CloudWatch Logs vended log "
-                   "delivery (logs:CreateLogDelivery, logs:DescribeResourcePolicies, ...) and "
-                   "sends X-Ray traces (xray:PutTraceSegments, ...): actions that support no "
-                   "resource-level permissions"))
         for resource in ("training-job", "compilation-job"):
             validations.acknowledge(cdk.Acknowledgment(
                 id=f"AwsSolutions::AwsSolutions-IAM5[Resource::"
@@ -1076,16 +1072,6 @@ class RetrainPipeline(_StateMachineRuns, Construct):
                 reason="each run names its jobs <prefix>-<uuid> at run time; the prefix is this "
                        "pipeline's own, so the state machine can only create, describe and "
                        "stop the jobs it names"))
-        functions = [self.publisher_function] + (
-            [self.deployer_function] if self.canary is None
-            else [self.canary.canary_deployer, self.canary.fleet_deployer])
-        for fn in functions:
-            logical = stack.resolve(fn.node.default_child.logical_id)
-            validations.acknowledge(cdk.Acknowledgment(
-                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::<{logical}.Arn>:*]",
-                reason="Step Functions invokes the function by ARN with a version or alias "
-                       "qualifier (<function arn>:*); the wildcard covers only qualifiers of "
-                       "that one function"))
 
 
 class _ImportedRetrainPipeline(_StateMachineRuns, Construct):
