@@ -171,6 +171,40 @@ def test_conv1d_runs_as_a_2d_convolution_and_matches_onnxruntime(
     _matches_onnxruntime(tmp_path, path, [1, cin, length])
 
 
+CONV_TRANSPOSE = [  # (cin, cout, kernel, strides, pads, output_padding, groups, size, direct)
+    (16, 8, (2, 2), (2, 2), (0, 0, 0, 0), (0, 0), 1, (7, 9), True),  # U-Net upsampling
+    (8, 4, (4, 4), (2, 2), (1, 1, 1, 1), (0, 0), 1, (6, 6), True),  # DCGAN generator
+    (6, 5, (3, 2), (3, 1), (1, 0, 2, 1), (0, 0), 1, (5, 7), True),  # uneven pads
+    (4, 6, (3, 3), (1, 1), (1, 1, 1, 1), (0, 0), 1, (8, 8), True),  # stride 1
+    (8, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, (5, 5), False),  # 3 not a multiple of 2
+    (8, 8, (2, 2), (2, 2), (0, 0, 0, 0), (1, 0), 1, (5, 5), False),  # output_padding
+    (8, 8, (2, 2), (2, 2), (0, 0, 0, 0), (0, 0), 2, (5, 5), False),  # grouped
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,strides,pads,out_pad,groups,size,direct", CONV_TRANSPOSE)
+def test_conv_transpose_runs_as_a_convolution_and_matches_onnxruntime(
+        tmp_path, cin, cout, k, strides, pads, out_pad, groups, size, direct):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((cin, cout // groups, *k)) * 0.3).astype("float32"), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "b")
+    # The ONNX specification's output shape.
+    out = [s * (n - 1) + op + kk - lo - hi for s, n, op, kk, lo, hi
+           in zip(strides, size, out_pad, k, pads[:2], pads[2:])]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=list(k),
+                              strides=list(strides), pads=list(pads),
+                              output_padding=list(out_pad), group=groups)]
+    path = _onnx_model(tmp_path, "deconv", nodes, [1, cin, *size], [1, cout, *out], [w, b])
+
+    mod, *_ = compiler._import(path, "ONNX", None, None)
+    text = generic.conv_transpose_as_conv(mod).script()
+    assert ("conv2d_transpose" not in text) == direct, text
+    _matches_onnxruntime(tmp_path, path, [1, cin, *size])
+
+
 def test_average_pool1d_runs_as_a_2d_pool_and_matches_onnxruntime(tmp_path):
     from onnx import helper
 

@@ -1092,14 +1092,16 @@ def _convert_layout(mod):
 def _channels_last(mod, tvm_target, passes: Optional[_Passes] = None):
     """``mod`` with batch norms folded into the convolutions, ReLU6 visible to fusion,
     convolutions in channels-last layout with whole vectors of output channels, and
-    channel concatenations read in parts; 1-D convolutions and pools as 2-D ones and
-    ``clip`` as ``maximum``/``minimum``, so they go channels last too (:mod:`.generic`).
+    channel concatenations read in parts; 1-D convolutions and pools as 2-D ones,
+    transposed convolutions as direct ones and ``clip`` as ``maximum``/``minimum``, so
+    they go channels last too (:mod:`.generic`).
     Each of these passes that fails is skipped (see :class:`_Passes`)."""
     from . import generic, schedules
 
     passes = passes or _Passes()
     with tvm_target:
         mod = passes.run("conv1d_as_conv2d", generic.conv1d_as_conv2d, mod)
+        mod = passes.run("conv_transpose_as_conv", generic.conv_transpose_as_conv, mod)
         mod = passes.run("fold_batch_norm", _fold_batch_norm, mod)
         mod = passes.run("unlower_min_max", _unlower_min_max, mod)
         mod = passes.run("clip_as_min_max", generic.clip_as_min_max, mod)
