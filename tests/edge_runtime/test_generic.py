@@ -34,6 +34,12 @@ def _kernels():
         x, w, b = te.placeholder((m, k)), te.placeholder((k, n)), te.placeholder((n,))
         return [x, w, b, topi.nn.relu(topi.add(topi.matmul(x, w), b))]
 
+    def batch_matmul(b, m, k, n):  # attention scores: columns no vector divides
+        x, y = te.placeholder((b, m, k)), te.placeholder((b, k, n))
+        r = te.reduce_axis((0, k))
+        return [x, y, topi.multiply(te.compute(
+            (b, m, n), lambda i, j, c: te.sum(x[i, j, r] * y[i, r, c], axis=r)), 0.125)]
+
     def hardswish(shape):
         x = te.placeholder(shape)
         return [x, topi.multiply(x, topi.divide(
@@ -60,6 +66,9 @@ def _kernels():
         "gemv 1x256x1000": matmul(1, 256, 1000),
         "matmul with tails 5x7x13": matmul(5, 7, 13),
         "matmul 12x33x48": matmul(12, 33, 48),
+        "matmul with 197 columns, padded": matmul(197, 64, 197),
+        "batch matmul 3x197x64x197, padded": batch_matmul(3, 197, 64, 197),
+        "matmul 37 columns, padded": matmul(20, 24, 37),
         "hardswish nhwc": hardswish((1, 12, 12, 24)),
         "hardswish short last axis": hardswish((1, 8, 8, 3)),
         "transpose nchw to nhwc": transpose((1, 3, 128, 128), (0, 2, 3, 1)),
@@ -87,6 +96,9 @@ def test_default_schedule_computes_what_the_unscheduled_kernel_does(name, target
     if name not in TOO_SMALL_TO_SPLIT:
         text = scheduled.script()
         assert "T.vectorized" in text or "T.parallel" in text, text
+    if "padded" in name:  # computed on whole vectors of zero-padded columns
+        text = scheduled.script()
+        assert "_pad = T.sblock_alloc_buffer" in text and "T.vectorized" in text, text
 
     rng = np.random.default_rng(0)
     shapes = [[int(d) for d in t.shape] for t in tensors]
