@@ -40,6 +40,11 @@ def _kernels():
         return [x, y, topi.multiply(te.compute(
             (b, m, n), lambda i, j, c: te.sum(x[i, j, r] * y[i, r, c], axis=r)), 0.125)]
 
+    def gates(k, n):  # a GRU step: the product's two halves combined (no per-tile epilogue)
+        x, w = te.placeholder((1, k)), te.placeholder((k, 2 * n))
+        y = topi.matmul(x, w)
+        return [x, w, te.compute((1, n), lambda i, j: topi.sigmoid(y)[i, j] * y[i, j + n])]
+
     def hardswish(shape):
         x = te.placeholder(shape)
         return [x, topi.multiply(x, topi.divide(
@@ -69,6 +74,7 @@ def _kernels():
         "matmul with 197 columns, padded": matmul(197, 64, 197),
         "batch matmul 3x197x64x197, padded": batch_matmul(3, 197, 64, 197),
         "matmul 37 columns, padded": matmul(20, 24, 37),
+        "gru gates 128x256": gates(128, 128),
         "hardswish nhwc": hardswish((1, 12, 12, 24)),
         "hardswish short last axis": hardswish((1, 8, 8, 3)),
         "transpose nchw to nhwc": transpose((1, 3, 128, 128), (0, 2, 3, 1)),

@@ -470,9 +470,16 @@ def _reduction(sch, block, after: list, lanes: int) -> None:
     if step > 1:
         sch.vectorize(tile_inner[-1])
     sch.decompose_reduction(block, reduce[0] if reduce else tile_inner[0])
+    per_tile = True
     for b in after:
-        sch.reverse_compute_at(b, tile)
-        _vectorize_inner(sch, b, lanes)
+        if per_tile:
+            try:
+                sch.reverse_compute_at(b, tile)
+                _vectorize_inner(sch, b, lanes)
+                continue
+            except Exception:  # reads outputs of other tiles (a GRU's gates, split in two)
+                per_tile = False
+        _elementwise(sch, b, lanes)  # then it, and what follows, run after the product
 
 
 def _vectorize_inner(sch, block, lanes: int) -> None:
