@@ -40,6 +40,12 @@ def _kernels():
         return [x, y, topi.multiply(te.compute(
             (b, m, n), lambda i, j, c: te.sum(x[i, j, r] * y[i, r, c], axis=r)), 0.125)]
 
+    def linear_3d(m, k, n):  # [tokens, 1, features], as a transformer's layers write it
+        x, w, b = te.placeholder((m, 1, k)), te.placeholder((k, n)), te.placeholder((n,))
+        r = te.reduce_axis((0, k))
+        y = te.compute((m, 1, n), lambda i, j, c: te.sum(x[i, j, r] * w[r, c], axis=r))
+        return [x, w, b, topi.add(y, b)]
+
     def gates(k, n):  # a GRU step: the product's two halves combined (no per-tile epilogue)
         x, w = te.placeholder((1, k)), te.placeholder((k, 2 * n))
         y = topi.matmul(x, w)
@@ -74,6 +80,8 @@ def _kernels():
         "matmul with 197 columns, padded": matmul(197, 64, 197),
         "batch matmul 3x197x64x197, padded": batch_matmul(3, 197, 64, 197),
         "matmul 37 columns, padded": matmul(20, 24, 37),
+        "matmul 13 rows, padded": matmul(13, 32, 48),
+        "linear layer over 13 tokens, padded": linear_3d(13, 32, 48),
         "gru gates 128x256": gates(128, 128),
         "hardswish nhwc": hardswish((1, 12, 12, 24)),
         "hardswish short last axis": hardswish((1, 8, 8, 3)),

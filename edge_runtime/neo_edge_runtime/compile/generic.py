@@ -278,7 +278,7 @@ def default_schedule(func, lanes: int, target=None):
       axis, the reduction outside the tile's columns, so each step broadcasts one input
       value against whole vectors of the other operand; parallel over the tiles; the
       blocks after it computed per tile. Columns no vector divides are padded to whole
-      vectors first (:func:`_pad_columns`).
+      vectors and rows to whole tiles first (:func:`_pad_to_tiles`).
     - Several reductions in sequence (softmax, layer norm): TVM's dlight CPU rule.
     """
     from tvm import s_tir
@@ -293,7 +293,7 @@ def default_schedule(func, lanes: int, target=None):
             _elementwise(sch, b, lanes)
     elif len(reducing) == 1 and sch.get(blocks[0]).same_as(sch.get(reducing[0])):
         block, after = reducing[0], blocks[1:]
-        padded = _pad_columns(sch, block, lanes)
+        padded = _pad_to_tiles(sch, block, lanes)
         if padded is not None:
             block, after = padded
         _reduction(sch, block, after, lanes)
@@ -382,32 +382,42 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def _pad_columns(sch, block, lanes: int):
-    """For a reduction whose output columns no vector divides (a ViT's 197 tokens), its
-    computation padded to whole vectors of columns (``pad_einsum``: the operand that
-    runs along them copied into a zero-padded buffer, the padded result cut back):
-    (reduction block, blocks after it) to schedule, the operand's padding vectorized on
-    its own. None, with ``sch`` unchanged, where the columns already take vectors or the
-    block is not a plain product of its inputs."""
+def _rows_axis(extents: list):
+    """Which of a product's output axes (``extents``, the columns last) the register
+    tile's rows run along: the innermost other one longer than 1 (a linear layer over
+    tokens writes [tokens, 1, features]); None if there is none."""
+    return next((k for k in range(len(extents) - 2, -1, -1) if extents[k] > 1), None)
+
+
+def _pad_to_tiles(sch, block, lanes: int):
+    """For a reduction whose output columns no vector divides, or whose rows no register
+    tile's height does (a ViT's 197 tokens, for both), its computation padded to whole
+    tiles (``pad_einsum``: the operands copied into zero-padded buffers, the padded
+    result cut back): (reduction block, blocks after it) to schedule, the operands'
+    padding vectorized on its own. None, with ``sch`` unchanged, where the tiles fit as
+    they are or the block is not a plain product of its inputs."""
     from ._tiling import vector_width
 
     stmt = sch.get(block)
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
-    if 0 not in kinds:
-        return None
-    last = max(k for k, kind in enumerate(kinds) if kind == 0)
-    width = int(stmt.iter_vars[last].dom.extent)
-    if width <= lanes or vector_width(width, lanes) >= lanes // 2:
+    spatial = [k for k, kind in enumerate(kinds) if kind == 0]
+    if not spatial:
         return None
     factors = [1] * len(kinds)
-    # The widest register tile (up to _TILE_VECTORS vectors) that pads at most 15%: for
-    # 197 columns 224 (two vectors of 16) ran 20% faster than 208, and 240 slower.
-    factors[last] = lanes * next(v for v in range(_TILE_VECTORS, 0, -1)
-                                 if -width % (lanes * v) <= 0.15 * width or v == 1)
-    rows = [k for k, kind in enumerate(kinds[:last]) if kind == 0]
-    if rows and int(stmt.iter_vars[rows[-1]].dom.extent) > _TILE_ROWS \
-            and _divisor_at_most(int(stmt.iter_vars[rows[-1]].dom.extent), _TILE_ROWS) == 1:
-        factors[rows[-1]] = _TILE_ROWS  # a register tile of several rows
+    last = spatial[-1]
+    width = int(stmt.iter_vars[last].dom.extent)
+    if width > lanes and vector_width(width, lanes) < lanes // 2:
+        # The widest register tile (up to _TILE_VECTORS vectors) that pads at most 15%:
+        # for 197 columns 224 (two vectors of 16) ran 20% faster than 208, and 240 slower.
+        factors[last] = lanes * next(v for v in range(_TILE_VECTORS, 0, -1)
+                                     if -width % (lanes * v) <= 0.15 * width or v == 1)
+    at = _rows_axis([int(stmt.iter_vars[k].dom.extent) for k in spatial])
+    if at is not None:
+        rows = int(stmt.iter_vars[spatial[at]].dom.extent)
+        if rows > _TILE_ROWS and _divisor_at_most(rows, _TILE_ROWS) < _TILE_ROWS // 2:
+            factors[spatial[at]] = _TILE_ROWS  # a register tile of several rows
+    if factors == [1] * len(kinds):
+        return None
     name = stmt.name_hint
     before = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     try:
@@ -442,6 +452,7 @@ def _reduction(sch, block, after: list, lanes: int) -> None:
     n_spatial = kinds.count(0)
     spatial, reduce = list(loops[:n_spatial]), list(loops[n_spatial:])
     work = _work(sch, block)
+    at = _rows_axis([_extent(sch, loop) for loop in spatial])
     cols = spatial[-1]
     width = _extent(sch, cols)
     step = vector_width(width, lanes)
@@ -453,11 +464,11 @@ def _reduction(sch, block, after: list, lanes: int) -> None:
         tile_inner += [cu, cv]
     else:
         tile_outer.append(cols)
-    if len(spatial) > 1 and _extent(sch, spatial[-2]) > 1:
-        rows = _divisor_at_most(_extent(sch, spatial[-2]), _TILE_ROWS)
-        ro, ri = sch.split(spatial[-2], [None, rows])
+    if at is not None:
+        rows = _divisor_at_most(_extent(sch, spatial[at]), _TILE_ROWS)
+        ro, ri = sch.split(spatial[at], [None, rows])
         tile_inner = [ri, *tile_inner]
-        spatial = spatial[:-2] + [ro]
+        spatial = [*spatial[:at], ro, *spatial[at + 1:-1]]
     else:
         spatial = spatial[:-1]
     outer = [*spatial, *tile_outer]
