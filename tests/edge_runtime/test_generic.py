@@ -136,14 +136,14 @@ def test_default_schedules_leave_scheduled_kernels_alone(target):
     assert out["k"].same_as(func)
 
 
-def _onnx_model(tmp_path, name, nodes, x_shape, y_shape, inits=()):
+def _onnx_model(tmp_path, name, nodes, x_shape, y_shape, inits=(), opset=17):
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     path = tmp_path / f"{name}.onnx"
     onnx.save(model, str(path))
@@ -279,7 +279,7 @@ def test_unit_permutes_become_reshapes_and_others_stay():
     assert text.count("R.reshape") == 1 and text.count("R.permute_dims") == 1, text
 
 
-def test_sigmoid_tanh_and_erf_use_fast_math_and_match_onnxruntime(tmp_path, target):
+def test_sigmoid_tanh_erf_and_gelu_use_fast_math_and_match_onnxruntime(tmp_path, target):
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -290,23 +290,28 @@ def test_sigmoid_tanh_and_erf_use_fast_math_and_match_onnxruntime(tmp_path, targ
              helper.make_node("Mul", ["c", "s"], ["silu"]),  # SiLU, as EfficientNet's
              helper.make_node("Tanh", ["silu"], ["t"]),
              helper.make_node("Erf", ["c"], ["e"]),
-             helper.make_node("Add", ["t", "e"], ["y"])]
-    path = _onnx_model(tmp_path, "fast_math", nodes, [1, 8, 10, 10], [1, 16, 10, 10], [w])
+             helper.make_node("Gelu", ["c"], ["g"]),  # a transformer's MLP
+             helper.make_node("Add", ["t", "e"], ["te"]),
+             helper.make_node("Add", ["te", "g"], ["y"])]
+    path = _onnx_model(tmp_path, "fast_math", nodes, [1, 8, 10, 10], [1, 16, 10, 10], [w],
+                       opset=20)
 
     mod, *_ = compiler._import(path, "ONNX", None, None)
     text = compiler._channels_last(mod, target).script()
     assert "R.sigmoid" not in text and "R.tanh" not in text and "R.erf" not in text
-    assert "fast_sigmoid" in text and "fast_tanh" in text and "fast_erf" in text
+    assert "R.nn.gelu" not in text
+    assert all(f"fast_{f}" in text for f in ("sigmoid", "tanh", "erf", "gelu")), text
     _matches_onnxruntime(tmp_path, path, [1, 8, 10, 10])
 
 
-@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Erf"])
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Erf", "Gelu"])
 def test_fast_math_keeps_nan_and_infinities(tmp_path, op):
     """The approximations clamp their input (fast_erf(NaN) was 1): NaN must stay NaN and
     the infinities reach the limits, as in ONNX Runtime."""
     from onnx import helper
 
-    path = _onnx_model(tmp_path, op, [helper.make_node(op, ["x"], ["y"])], [1, 64], [1, 64], [])
+    path = _onnx_model(tmp_path, op, [helper.make_node(op, ["x"], ["y"])], [1, 64], [1, 64], [],
+                       opset=20)  # Gelu's first
     x = np.linspace(-30, 30, 64).astype(np.float32).reshape(1, 64)
     x[0, :3] = [np.nan, np.inf, -np.inf]
     art = compile_model(path, "host", tmp_path / "art")

@@ -502,8 +502,8 @@ def _vectorize_inner(sch, block, lanes: int) -> None:
 
 
 def fast_math(mod):
-    """``mod`` with float32 ``sigmoid``, ``tanh`` and ``erf`` computed by TVM's
-    polynomial approximations (``topi.fast_exp``, ``fast_tanh``, ``fast_erf``: about
+    """``mod`` with float32 ``sigmoid``, ``tanh``, ``erf`` and ``gelu`` (through erf)
+    computed by TVM's polynomial approximations (``topi.fast_exp``, ``fast_tanh``, ``fast_erf``: about
     1e-7 relative error in float32), which vectorize; the libm calls they replace run one
     element at a time and made EfficientNet's SiLU epilogues cost several times their
     convolutions. ONNX Runtime's CPU kernels approximate them too. Softmax is left as it
@@ -523,8 +523,12 @@ def fast_math(mod):
         # the exact functions and ONNX Runtime.
         return lambda x: topi.where(topi.isnan(x), x, f(x))
 
+    def gelu(x):  # as TVM legalizes nn.gelu: x * (0.5 + erf(x / sqrt(2)) * 0.5)
+        return topi.multiply(x, topi.add(0.5, topi.multiply(
+            topi.fast_erf(topi.multiply(x, 0.7071067811865476)), 0.5)))
+
     fast = {"relax.sigmoid": nan_kept(sigmoid), "relax.tanh": nan_kept(topi.fast_tanh),
-            "relax.erf": nan_kept(topi.fast_erf)}
+            "relax.erf": nan_kept(topi.fast_erf), "relax.nn.gelu": nan_kept(gelu)}
 
     @mutator
     class Fast(PyExprMutator):
@@ -534,7 +538,7 @@ def fast_math(mod):
             ty = call.args[0].ty if name in fast else None
             if isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32":
                 return self.builder_.call_te(fast[name], call.args[0],
-                                             primfunc_name_hint=f"fast_{name[6:]}")
+                                             primfunc_name_hint=f"fast_{name.rsplit('.', 1)[1]}")
             return call
 
     mutated = Fast(mod)
