@@ -503,11 +503,12 @@ def _vectorize_inner(sch, block, lanes: int) -> None:
 
 def fast_math(mod):
     """``mod`` with float32 ``sigmoid``, ``tanh``, ``erf`` and ``gelu`` (through erf)
-    computed by TVM's polynomial approximations (``topi.fast_exp``, ``fast_tanh``, ``fast_erf``: about
-    1e-7 relative error in float32), which vectorize; the libm calls they replace run one
-    element at a time and made EfficientNet's SiLU epilogues cost several times their
-    convolutions. ONNX Runtime's CPU kernels approximate them too. Softmax is left as it
-    is (an output layer: a classifier's probabilities keep full precision).
+    computed by TVM's polynomial approximations (``topi.fast_exp``, ``fast_tanh``,
+    ``fast_erf``: about 1e-7 relative error in float32), which vectorize; the libm calls
+    they replace run one element at a time and made EfficientNet's SiLU epilogues cost
+    several times their convolutions. ONNX Runtime's CPU kernels approximate them too.
+    Softmax (attention's, a classifier's) uses ``fast_exp`` on ``x - max(x)`` too: NaN
+    stays NaN, and an entry masked with -inf still gets probability 0.
 
     After layout conversion: the kernels this emits are opaque to it.
     """
@@ -527,8 +528,16 @@ def fast_math(mod):
         return topi.multiply(x, topi.add(0.5, topi.multiply(
             topi.fast_erf(topi.multiply(x, 0.7071067811865476)), 0.5)))
 
+    def softmax(x, axis):
+        shifted = topi.subtract(x, topi.max(x, axis=axis, keepdims=True))
+        # NaN kept where the clamp inside fast_exp would drop it (min/max semantics vary
+        # across targets); below exp's range fast_exp gives 0, as exp does.
+        e = topi.where(topi.isnan(shifted), shifted, topi.fast_exp(shifted))
+        return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+
     fast = {"relax.sigmoid": nan_kept(sigmoid), "relax.tanh": nan_kept(topi.fast_tanh),
-            "relax.erf": nan_kept(topi.fast_erf), "relax.nn.gelu": nan_kept(gelu)}
+            "relax.erf": nan_kept(topi.fast_erf), "relax.nn.gelu": nan_kept(gelu),
+            "relax.nn.softmax": softmax}
 
     @mutator
     class Fast(PyExprMutator):
@@ -537,7 +546,8 @@ def fast_math(mod):
             name = getattr(call.op, "name", None)
             ty = call.args[0].ty if name in fast else None
             if isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32":
-                return self.builder_.call_te(fast[name], call.args[0],
+                extra = [int(call.attrs.axis)] if name == "relax.nn.softmax" else []
+                return self.builder_.call_te(fast[name], call.args[0], *extra,
                                              primfunc_name_hint=f"fast_{name.rsplit('.', 1)[1]}")
             return call
 
