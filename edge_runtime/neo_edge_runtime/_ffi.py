@@ -250,11 +250,21 @@ def tensor_spec(tensor: Object) -> tuple[tuple[int, ...], np.dtype]:
             np.dtype(np.bool_ if code == 6 else f"{_NP_KINDS[code]}{bits}"))
 
 
-def copy_into(tensor: Object, out: np.ndarray) -> None:
-    """Copy a (compact, CPU) TVM tensor into ``out``, which the caller has sized from the
-    tensor's shape and dtype (:func:`tensor_spec`, known ahead for a model's outputs)."""
-    dl = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
-    ctypes.memmove(out.ctypes.data, dl.data + dl.byte_offset, out.nbytes)
+_DATA, _BYTE_OFFSET = _DLTensor.data.offset, _DLTensor.byte_offset.offset
+
+
+def data_address(tensor: Object) -> int:
+    """Address of the first element of a (CPU) TVM tensor: two reads, no struct built
+    (a model's outputs are read this way on every call)."""
+    dl = tensor.handle + _OBJECT_HEADER
+    return (ctypes.c_void_p.from_address(dl + _DATA).value or 0) + \
+        ctypes.c_uint64.from_address(dl + _BYTE_OFFSET).value
+
+
+def host_view(address: int, nbytes: int):
+    """A ctypes buffer over ``nbytes`` of host memory at ``address``, for
+    ``numpy.frombuffer``: a view, valid while the memory is."""
+    return (ctypes.c_char * nbytes).from_address(address)
 
 
 def empty(shape, dtype, device: Device) -> Object:

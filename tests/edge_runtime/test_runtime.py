@@ -40,6 +40,7 @@ def test_predict_returns_named_outputs(model, ops_onnx, rng):
 def test_outputs_belong_to_the_caller(model, rng):
     x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
     first = model.predict(x)["output"]
+    assert first.flags.owndata and first.flags.writeable and first.flags.c_contiguous
     kept = first.copy()
     model.predict(np.zeros_like(x))
     np.testing.assert_array_equal(first, kept)
