@@ -338,3 +338,21 @@ def test_fast_softmax_keeps_masked_entries_at_zero_and_nan_as_nan(tmp_path):
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert (got[0, ::3] == 0).all() and np.isnan(got[1]).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("k,n,parallel", [(128, 256, False), (256, 1024, True)])
+def test_small_products_run_on_one_thread(target, k, n, parallel):
+    """A GRU step's product (128x256) ran 2.4x slower split over two threads than on
+    one; from about 2^16 multiply-adds the split pays (PARALLEL_MIN_MACS)."""
+    from tvm import te
+
+    func = te.create_prim_func(_gemv(k, n))
+    text = generic.default_schedule(func, vector_config(target)[0], target).script()
+    assert ("T.parallel" in text) == parallel and "T.vectorized" in text, text
+
+
+def _gemv(k, n):
+    from tvm import te, topi
+
+    x, w = te.placeholder((1, k)), te.placeholder((k, n))
+    return [x, w, topi.matmul(x, w)]
