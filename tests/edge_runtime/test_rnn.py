@@ -305,6 +305,14 @@ def _import(model):
     return compiler._import_onnx(model, None, None, "cell.onnx")
 
 
+def test_an_lstm_step_splits_nothing():
+    """The gates are slices of the step's product, which fuse into the gates' kernel: a
+    split was a kernel of its own each step (4 steps here; the inputs' projections are
+    split once, by steps)."""
+    mod, *_ = _import(_single_node_model("LSTM", hidden=4))
+    assert mod["main"].script().count("R.split(") == 1
+
+
 def test_fails_naming_the_node_and_an_unknown_activation():
     model = _single_node_model("GRU", activations=["Sigmoid", "Gelu"])
     with pytest.raises(CompileError, match=r"GRU node '/rnn/cell': activation 'Gelu' is not "

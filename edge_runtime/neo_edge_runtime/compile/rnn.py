@@ -335,8 +335,10 @@ def _convert(spec: type[_Converter], bb, inputs, attr: dict, params):
             x_t = op.squeeze(xs[t], axis=[0])                # [batch, gates * hidden]
             c_new = None
             if lstm:
-                i_g, o_g, f_g, c_g = (emit(v) for v in
-                                      _split(bb, op.add(x_t, op.matmul(h, r_t)), 4))
+                # Each gate a slice of the step's product, not a split: slices fuse into
+                # the gates' kernel, a split is a kernel of its own each step.
+                gates = emit(op.add(x_t, op.matmul(h, r_t)))
+                i_g, o_g, f_g, c_g = (part(gates, 1, k, hidden) for k in range(4))
                 if peep is not None:
                     i_g = op.add(i_g, op.multiply(p_i, c))
                     f_g = op.add(f_g, op.multiply(p_f, c))
