@@ -32,6 +32,20 @@ fails, and :func:`schedule_unscheduled` leaves a kernel it cannot schedule as it
 from __future__ import annotations
 
 
+def _static_shape(expr):
+    """The shape of a Relax tensor ``expr`` as ints; None where it is not a tensor of
+    known rank or a dimension is symbolic."""
+    from tvm import relax
+
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.ndim < 0:
+        return None
+    try:
+        return [int(d) for d in ty.shape.values]
+    except TypeError:  # a symbolic dimension
+        return None
+
+
 def conv1d_as_conv2d(mod):
     """``mod`` with every NCW ``conv1d``, ``max_pool1d`` and ``avg_pool1d`` computed as
     the 2-D operator on the input with a height of 1 (``expand_dims`` before, ``squeeze``
@@ -110,20 +124,11 @@ def conv_transpose_as_conv(mod):
     x, w = wildcard(), wildcard()
     deconv = is_op("relax.nn.conv2d_transpose")(x, w)
 
-    def shape_of(expr):
-        ty = expr.ty
-        if not isinstance(ty, relax.TensorType) or ty.shape is None:
-            return None
-        try:
-            return [int(d) for d in ty.shape.values]
-        except TypeError:  # a symbolic dimension
-            return None
-
     def rewrite(expr, matched):
         a = matched[deconv].attrs
         data, weight = matched[x], matched[w]
         strides = [int(s) for s in a.strides]
-        xs, ws = shape_of(data), shape_of(weight)
+        xs, ws = _static_shape(data), _static_shape(weight)
         if (str(a.data_layout), str(a.kernel_layout)) != ("NCHW", "IOHW") \
                 or (a.out_layout is not None and str(a.out_layout) not in ("", "NCHW")) \
                 or int(a.groups) != 1 or any(int(d) != 1 for d in a.dilation) \
@@ -205,12 +210,8 @@ def unit_permutes_as_reshapes(mod):
     permute = is_op("relax.permute_dims")(x)
 
     def rewrite(expr, matched):
-        ty = matched[x].ty
-        if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.ndim < 0:
-            return expr
-        try:
-            shape = [int(d) for d in ty.shape.values]
-        except TypeError:
+        shape = _static_shape(matched[x])
+        if shape is None:
             return expr
         axes = matched[permute].attrs.axes
         order = list(range(len(shape))) if axes is None else [int(a) for a in axes]
