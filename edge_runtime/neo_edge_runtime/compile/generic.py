@@ -400,7 +400,8 @@ def _pad_to_tiles(sch, block, lanes: int):
     tiles (``pad_einsum``: the operands copied into zero-padded buffers, the padded
     result cut back): (reduction block, blocks after it) to schedule, the operands'
     padding vectorized on its own. None, with ``sch`` unchanged, where the tiles fit as
-    they are or the block is not a plain product of its inputs."""
+    they are or the block is not a plain product of its inputs. ``block`` is the first
+    block of ``sch`` (:func:`default_schedule` calls it so)."""
     from ._tiling import vector_width
 
     stmt = sch.get(block)
@@ -428,7 +429,6 @@ def _pad_to_tiles(sch, block, lanes: int):
     if factors == [1] * len(kinds):
         return None
     name = stmt.name_hint
-    before = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     try:
         sch.pad_einsum(block, factors)
     except Exception:  # not an einsum (TVM checks): scheduled unpadded
@@ -437,9 +437,8 @@ def _pad_to_tiles(sch, block, lanes: int):
     blocks = sch.get_child_blocks(root)
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(name)
-    for b in blocks[:at]:  # the zero-padded copies of the operands
-        if sch.get(b).name_hint not in before:
-            _elementwise(sch, b, lanes)
+    for b in blocks[:at]:  # the zero-padded copies of the operands (the product was first)
+        _elementwise(sch, b, lanes)
     after = blocks[at + 1:]
     if after:  # the copy of the padded result into the output: into its first reader
         try:
