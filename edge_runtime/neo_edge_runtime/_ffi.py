@@ -150,6 +150,26 @@ class Function(Object):
         bound.keep = (self, keep)
         return bound
 
+    def bind_raw(self, *args) -> "Callable[[], tuple[int, int]]":
+        """As :meth:`bind`, for a model's hot loop: the callable returns the result's
+        (type index, value) with no wrapper made, and the caller owns the reference an
+        object result carries (:func:`release` it, or :func:`adopt` it). Each call
+        reuses one result cell: not for two threads at once."""
+        packed, keep = self._pack(args)
+        # Arguments converted once, for a function pointer with no argtypes to check.
+        call, handle = _lib["TVMFFIFunctionCall"], ctypes.c_void_p(self.handle)
+        n, result, name = ctypes.c_int32(len(args)), _Any(), self.name
+        ref = ctypes.byref(result)
+
+        def bound():
+            result.type_index = _NONE  # the callee requires an empty cell
+            if call(handle, packed, n, ref):
+                _raise_last_error(name)
+            return result.type_index, result.value
+
+        bound.keep = (self, keep, result)
+        return bound
+
     def _pack(self, args):
         packed = (_Any * max(1, len(args)))()
         keep = list(args)
@@ -180,6 +200,19 @@ class Function(Object):
             else:
                 raise TypeError(f"cannot pass {type(arg).__name__} to {self.name}")
         return packed, keep
+
+
+def release(handle: int) -> None:
+    """Drop the reference to the object at ``handle`` (from :meth:`Function.bind_raw`)."""
+    _lib.TVMFFIObjectDecRef(handle)
+
+
+def adopt(type_index: int, value: int) -> Any:
+    """The Python value of a raw result from :meth:`Function.bind_raw` (taking over its
+    reference)."""
+    cell = _Any()
+    cell.type_index, cell.value = type_index, value
+    return _from_any(cell)
 
 
 def _from_any(value: _Any) -> Any:
@@ -253,12 +286,15 @@ def tensor_spec(tensor: Object) -> tuple[tuple[int, ...], np.dtype]:
 _DATA, _BYTE_OFFSET = _DLTensor.data.offset, _DLTensor.byte_offset.offset
 
 
-def data_address(tensor: Object) -> int:
-    """Address of the first element of a (CPU) TVM tensor: two reads, no struct built
-    (a model's outputs are read this way on every call)."""
-    dl = tensor.handle + _OBJECT_HEADER
-    return (ctypes.c_void_p.from_address(dl + _DATA).value or 0) + \
-        ctypes.c_uint64.from_address(dl + _BYTE_OFFSET).value
+def data_address(tensor: "Object | int") -> int:
+    """Address of the first element of a (CPU) TVM tensor, or of the tensor at a raw
+    handle: two reads, no struct built (a model's outputs are read this way on every
+    call)."""
+    dl = (tensor if type(tensor) is int else tensor.handle) + _OBJECT_HEADER
+    return (_void_p_at(dl + _DATA).value or 0) + _uint64_at(dl + _BYTE_OFFSET).value
+
+
+_void_p_at, _uint64_at = ctypes.c_void_p.from_address, ctypes.c_uint64.from_address
 
 
 def host_view(address: int, nbytes: int):

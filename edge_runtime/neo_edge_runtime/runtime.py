@@ -152,6 +152,11 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     return raw[offset:][:nbytes].view(dtype).reshape(shape)
 
 
+#: Views of an output's memory kept per model: more addresses than a pooled allocator
+#: rotates through.
+_MAX_VIEWS = 16
+
+
 class EdgeModel:
     """A compiled model loaded for inference.
 
@@ -178,8 +183,8 @@ class EdgeModel:
         self._outputs_checked = False
         self._out_nbytes = [int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                             for _, shape, dtype in self._out_specs]
-        #: Per output, (address, numpy view) of the memory the VM last returned it in.
-        self._views: list = [None] * len(self._out_specs)
+        #: Per output, address -> numpy view of the memory the VM returned it in.
+        self._views: list = [{} for _ in self._out_specs]
         self._staged = device is not None
         if self._staged:
             self._tensors = [_ffi.empty(i["shape"], i["dtype"], device) for i in self.inputs]
@@ -190,7 +195,7 @@ class EdgeModel:
             self._keep_alive = [k for _, k in wrapped]
         # The same input tensors (refilled) and weights every call; the bound call holds
         # main and the weights.
-        self._run = main.bind(*self._tensors, *params)
+        self._run = main.bind_raw(*self._tensors, *params)
 
     # -- loading ---------------------------------------------------------------------
 
@@ -376,41 +381,54 @@ class EdgeModel:
             _pool_started = True  # the first parallel kernel starts TVM's thread pool
             start = time.perf_counter()
             for name, arr in checked.items():
-                np.copyto(self._buffers[name], arr)
+                self._buffers[name][...] = arr
             if self._staged:
                 for tensor, spec in zip(self._tensors, self.inputs):
                     _ffi.copy_from_host(tensor, self._buffers[spec["name"]])
-            result = self._run()
-            # copied out before the VM's pooled allocator reuses the memory
-            items = [result] if result.type_index == _ffi.TENSOR else _ffi.array_items(result)
-            if not self._outputs_checked:
-                self._check_outputs(items)
-            if self._staged:
-                fields = [np.empty(shape, dtype) for _, shape, dtype in self._out_specs]
-                for t, out in zip(items, fields):
-                    _ffi.copy_to_host(t, out)
+            # Outputs are copied out before the VM's pooled allocator reuses the memory.
+            kind, handle = self._run()
+            if kind == _ffi.TENSOR and self._outputs_checked and not self._staged:
+                try:  # one output on the CPU, checked once: the hot path, no wrapper made
+                    outputs = {self._out_specs[0][0]: self._output_view(0, handle).copy()}
+                finally:
+                    _ffi.release(handle)
             else:
-                fields = [self._output_view(k, t).copy() for k, t in enumerate(items)]
-            outputs = {spec[0]: f for spec, f in zip(self._out_specs, fields)}
-            del result
+                outputs = self._outputs(_ffi.adopt(kind, handle))
             self._latencies.append(time.perf_counter() - start)
         return outputs
 
+    def _outputs(self, result) -> dict[str, np.ndarray]:
+        items = [result] if result.type_index == _ffi.TENSOR else _ffi.array_items(result)
+        if not self._outputs_checked:
+            self._check_outputs(items)
+        if self._staged:
+            fields = [np.empty(shape, dtype) for _, shape, dtype in self._out_specs]
+            for t, out in zip(items, fields):
+                _ffi.copy_to_host(t, out)
+        else:
+            fields = [self._output_view(k, t).copy() for k, t in enumerate(items)]
+        return {spec[0]: f for spec, f in zip(self._out_specs, fields)}
+
     def _output_view(self, k: int, tensor) -> np.ndarray:
-        """A numpy view of output ``k``'s memory in the (live) ``tensor``: the VM's pooled
-        allocator hands an output the same memory call after call, so the view is made
-        once per address and each call copies through it (a fresh array's ``ctypes``
-        pointer and a copy through ctypes cost more than the MLP's kernels)."""
+        """A numpy view of output ``k``'s memory in the (live) ``tensor`` (an object or a
+        raw handle). The VM's pooled
+        allocator hands an output one of a few buffers in turn, the same few call after
+        call, so a view is made once per address and each call copies through it (a fresh
+        array's ``ctypes`` pointer, or a copy through ctypes, costs more than the MLP's
+        kernels)."""
         _, shape, dtype = self._out_specs[k]
         nbytes = self._out_nbytes[k]
         if not nbytes:
             return np.empty(shape, dtype)
         address = _ffi.data_address(tensor)
-        cached = self._views[k]
-        if cached is None or cached[0] != address:
-            view = np.frombuffer(_ffi.host_view(address, nbytes), dtype=dtype).reshape(shape)
-            cached = self._views[k] = (address, view)
-        return cached[1]
+        views = self._views[k]
+        view = views.get(address)
+        if view is None:
+            if len(views) >= _MAX_VIEWS:  # not a pool after all: keep the latest only
+                views.clear()
+            view = views[address] = np.frombuffer(_ffi.host_view(address, nbytes),
+                                                  dtype=dtype).reshape(shape)
+        return view
 
     def _check_outputs(self, items: list) -> None:
         """The first call's outputs against the manifest: later calls copy by its sizes."""

@@ -351,6 +351,19 @@ def test_small_products_run_on_one_thread(target, k, n, parallel):
     assert ("T.parallel" in text) == parallel and "T.vectorized" in text, text
 
 
+@pytest.mark.parametrize("shape,parallel", [((1, 10), False), ((64, 1024), True)])
+def test_small_reductions_in_sequence_run_on_one_thread(target, shape, parallel):
+    """A classifier's softmax over 10 scores took 0.87 us on two threads and 0.04 us on
+    one (waking the pool for one row); TVM's dlight rule parallelizes whatever it is
+    given, so below PARALLEL_MIN_WORK its parallel loop is dropped."""
+    from tvm import te, topi
+
+    x = te.placeholder(shape)
+    func = te.create_prim_func([x, topi.nn.softmax(x)])
+    text = generic.default_schedule(func, vector_config(target)[0], target).script()
+    assert ("T.parallel" in text) == parallel, text
+
+
 def _gemv(k, n):
     from tvm import te, topi
 

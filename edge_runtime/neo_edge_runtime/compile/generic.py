@@ -308,13 +308,23 @@ def default_schedule(func, lanes: int, target=None):
 
 
 def _dlight_reduction(func, target):
+    """TVM's dlight rule, whose parallel loop is dropped below PARALLEL_MIN_WORK (it
+    parallelizes any extent, even a softmax's single row)."""
     if target is None:
         return None
+    from tvm import s_tir
     from tvm.s_tir.dlight.cpu import Reduction
 
     sch = Reduction().apply(func, target, False)
     if sch is None:
         return None
+    last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+    if _work(sch, last) < PARALLEL_MIN_WORK:
+        # The rule's steps again, without the one that parallelizes.
+        trace = sch.trace
+        steps = [i for i in trace.insts if i.kind.name != "Parallel"]
+        sch = s_tir.Schedule(func)
+        s_tir.Trace(steps, {}).apply_to_schedule(sch, remove_postproc=False)
     return sch.mod["main"].with_attr(_SCHEDULED, True)
 
 
