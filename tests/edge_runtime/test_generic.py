@@ -69,9 +69,13 @@ def _kernels():
         return [x, topi.divide(topi.sum(x, axis=axes, keepdims=True),
                                float(np.prod([shape[a] for a in axes])))]
 
-    def softmax(shape):
+    def softmax(shape, axis=-1):
         x = te.placeholder(shape)
-        return [x, topi.nn.softmax(x)]
+        return [x, topi.nn.softmax(x, axis=axis)]
+
+    def layer_norm(shape):
+        x, g, b = te.placeholder(shape), te.placeholder(shape[-1:]), te.placeholder(shape[-1:])
+        return [x, g, b, topi.nn.layer_norm(x, g, b, axis=[-1])]
 
     return {
         "gemv 1x256x1000": matmul(1, 256, 1000),
@@ -90,6 +94,9 @@ def _kernels():
         "global mean nhwc": mean((1, 7, 7, 96), (1, 2)),
         "mean over the last axis": mean((4, 50), (1,)),
         "softmax": softmax((3, 37)),
+        "softmax over rows of whole vectors": softmax((13, 64)),
+        "softmax over channels": softmax((2, 40, 3, 3), axis=1),
+        "layer norm over rows of whole vectors": layer_norm((1, 13, 192)),
     }
 
 
@@ -338,6 +345,20 @@ def test_fast_softmax_keeps_masked_entries_at_zero_and_nan_as_nan(tmp_path):
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert (got[0, ::3] == 0).all() and np.isnan(got[1]).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", [k for k in KERNELS if "rows of whole vectors" in k])
+def test_reductions_along_rows_accumulate_whole_vectors(name, target):
+    """A layer norm's sums, a softmax's max and sum: each row accumulates a vector of
+    partial results (rfactor), not one scalar (a chain of dependent adds, 9x slower on
+    a ViT's layer norm)."""
+    from tvm import te
+
+    func = te.create_prim_func(KERNELS[name])
+    text = generic.default_schedule(func, vector_config(target)[0], target).script()
+    partials = [line for line in text.splitlines() if "_rf_update" in line]
+    assert len(partials) == 2, text
+    assert text.count("_rf_update\"):") == 2 and "T.vectorized" in text, text
 
 
 @pytest.mark.parametrize("k,n,parallel", [(128, 256, False), (256, 1024, True)])

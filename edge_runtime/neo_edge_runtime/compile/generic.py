@@ -234,6 +234,9 @@ PARALLEL_MIN_WORK = 1 << 15
 #: product took 2.4 us in parallel and 1.0 us on one; at 128x512 the two were equal, at
 #: 256x1024 parallel was 1.7x faster (the 2-core build machine, TVM_NUM_THREADS=2).
 PARALLEL_MIN_MACS = 1 << 16
+#: Softmax rows longer than this are padded to a multiple of it: a whole number of the
+#: widest float32 vectors (AVX-512's 16 lanes; 8 and 4 divide it).
+_ROW_VECTOR = 16
 #: The largest register tile of a matrix product: rows x vectors of output columns.
 _TILE_ROWS, _TILE_VECTORS = 4, 3
 
@@ -303,8 +306,86 @@ def default_schedule(func, lanes: int, target=None):
             block, after = padded
         _reduction(sch, block, after, lanes)
     else:
-        return _dlight_reduction(func, target)
+        return _row_reductions(func, lanes) or _dlight_reduction(func, target)
     return sch.mod["main"].with_attr(_SCHEDULED, True)
+
+
+def _row_reductions(func, lanes: int):
+    """``func`` scheduled as several reductions along the rows of its output (softmax,
+    layer norm), or None where it is not that or a reduction's row is not whole vectors
+    long (the fast softmax pads its rows: :func:`fast_math`).
+
+    Per row, each reduction accumulates one vector of partial results (``rfactor``),
+    added across lanes at its end, and the elementwise steps run on vectors; the rows
+    run in parallel where there is enough work. TVM's dlight rule, the fallback,
+    accumulates in one scalar, a chain of dependent adds: on a ViT's layer norm
+    (197 x 192, one thread) 77 us, against 8.6 us here.
+    """
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    _inline_single_readers(sch, root)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    last = sch.get_sblock(names[-1])
+    rows = sch.get_loops(last)[:-1]
+    if _reduce_count(sch, last) or not rows:
+        return None
+    partials = {}
+    try:
+        for name in names[:-1]:
+            block = sch.get_sblock(name)
+            kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+            if kinds.count(0) == len(kinds):
+                continue
+            loops = sch.get_loops(block)
+            row = _extent(sch, loops[-1])
+            if kinds[-1] == 0 or kinds.count(0) != len(kinds) - 1 or row % lanes:
+                return None  # not one reduction along a row of whole vectors
+            _, lane = sch.split(loops[-1], [None, lanes])
+            partial = sch.rfactor(lane, factor_axis=len(sch.get(block).writes[0].source.shape))
+            partials[sch.get(partial).name_hint] = row // lanes
+        work = _work(sch, last)
+        spatial = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+        if work >= PARALLEL_MIN_WORK:  # before the steps under it are split up
+            sch.parallel(spatial)
+        for block in reversed(sch.get_child_blocks(root)[:-1]):
+            sch.compute_at(block, spatial, preserve_unit_loops=True)
+        for name in [sch.get(b).name_hint for b in sch.get_child_blocks(root)]:
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)[1:]  # under the rows
+            if name in partials:
+                # loops [lane, unit loops..., along the row]: the row outside the lane
+                lane, along = loops[0], loops[-1]
+                if _extent(sch, lane) != lanes or _extent(sch, along) != partials[name]:
+                    return None
+                sch.reorder(along, lane)
+                sch.vectorize(lane)
+                sch.decompose_reduction(block, along)
+            elif not _reduce_count(sch, block) and loops and _extent(sch, loops[-1]) > 1:
+                inner = loops[-1]
+                if _extent(sch, inner) > lanes:
+                    inner = sch.split(inner, [None, lanes])[1]
+                sch.vectorize(inner)
+    except Exception:  # TVM refused a step: this kernel is not of that shape after all
+        return None
+    return sch.mod["main"].with_attr(_SCHEDULED, True)
+
+
+def _inline_single_readers(sch, root) -> None:
+    """Inline each elementwise block that one block reads, until none is left: a step
+    two blocks read (softmax's exponentials) is computed once, per row."""
+    changed = True
+    while changed:
+        changed = False
+        for block in sch.get_child_blocks(root)[:-1]:
+            if not _reduce_count(sch, block) and len(sch.get_consumers(block)) == 1:
+                try:
+                    sch.compute_inline(block)
+                    changed = True
+                    break
+                except Exception:  # TVM refused: computed on its own
+                    pass
 
 
 def _dlight_reduction(func, target):
@@ -531,7 +612,7 @@ def fast_math(mod):
     After layout conversion: the kernels this emits are opaque to it.
     """
     import tvm
-    from tvm import relax, topi
+    from tvm import relax, te, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     def sigmoid(x):
@@ -547,11 +628,20 @@ def fast_math(mod):
             topi.fast_erf(topi.multiply(x, 0.7071067811865476)), 0.5)))
 
     def softmax(x, axis):
-        shifted = topi.subtract(x, topi.max(x, axis=axis, keepdims=True))
+        ndim = len(x.shape)
+        n = int(x.shape[axis])
+        pad = -n % _ROW_VECTOR if axis % ndim == ndim - 1 and n > _ROW_VECTOR else 0
+        if pad:  # rows of whole vectors, whose reductions vectorize (_row_reductions)
+            xp = topi.nn.pad(x, [0] * ndim, [0] * (ndim - 1) + [pad], pad_value=float("-inf"))
+        else:
+            xp = x
+        shifted = topi.subtract(xp, topi.max(xp, axis=axis, keepdims=True))
         # NaN kept where the clamp inside fast_exp would drop it (min/max semantics vary
-        # across targets); below exp's range fast_exp gives 0, as exp does.
+        # across targets); below exp's range fast_exp gives 0, as exp does: the -inf
+        # padding gets probability 0.
         e = topi.where(topi.isnan(shifted), shifted, topi.fast_exp(shifted))
-        return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+        out = topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+        return te.compute(x.shape, lambda *i: out(*i), name="unpad") if pad else out
 
     fast = {"relax.sigmoid": nan_kept(sigmoid), "relax.tanh": nan_kept(topi.fast_tanh),
             "relax.erf": nan_kept(topi.fast_erf), "relax.nn.gelu": nan_kept(gelu),
