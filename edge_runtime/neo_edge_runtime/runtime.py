@@ -411,11 +411,10 @@ class EdgeModel:
 
     def _output_view(self, k: int, tensor) -> np.ndarray:
         """A numpy view of output ``k``'s memory in the (live) ``tensor`` (an object or a
-        raw handle). The VM's pooled
-        allocator hands an output one of a few buffers in turn, the same few call after
-        call, so a view is made once per address and each call copies through it (a fresh
-        array's ``ctypes`` pointer, or a copy through ctypes, costs more than the MLP's
-        kernels)."""
+        raw handle). The VM's pooled allocator hands an output one of a few buffers in
+        turn, the same few call after call, so a view is made once per address and each
+        call copies through it (a fresh array's ``ctypes`` pointer, or a copy through
+        ctypes, costs more than the MLP's kernels)."""
         _, shape, dtype = self._out_specs[k]
         nbytes = self._out_nbytes[k]
         if not nbytes:

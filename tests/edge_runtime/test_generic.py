@@ -83,6 +83,7 @@ def _kernels():
         "matmul 12x33x48": matmul(12, 33, 48),
         "matmul with 197 columns, padded": matmul(197, 64, 197),
         "batch matmul 3x197x64x197, padded": batch_matmul(3, 197, 64, 197),
+        "probabilities @ values 3x197x197x64, padded": batch_matmul(3, 197, 197, 64),
         "matmul 37 columns, padded": matmul(20, 24, 37),
         "matmul 13 rows, padded": matmul(13, 32, 48),
         "linear layer over 13 tokens, padded": linear_3d(13, 32, 48),
@@ -359,6 +360,41 @@ def test_reductions_along_rows_accumulate_whole_vectors(name, target):
     partials = [line for line in text.splitlines() if "_rf_update" in line]
     assert len(partials) == 2, text
     assert text.count("_rf_update\"):") == 2 and "T.vectorized" in text, text
+
+
+def test_a_product_fills_the_register_tile_the_target_has_registers_for(target):
+    """6 rows x 4 vectors of accumulators with 32 vector registers (AVX-512), 4 x 3 with
+    16 (AVX2): a ViT's 197 tokens are padded to whole tiles of rows."""
+    from tvm import te
+
+    lanes, registers = vector_config(target)
+    rows, vectors = generic._TILES[32 if registers >= 32 else 16]
+    func = te.create_prim_func(_linear(197, 192, 4 * vectors * lanes))
+    text = generic.default_schedule(func, lanes, target).script()
+    assert f"T.unroll({rows})" in text and f"T.unroll({vectors})" in text, text
+    assert f"T.vectorized({lanes})" in text, text
+
+
+def test_attention_probabilities_are_padded_along_the_reduction_for_whole_tiles(target):
+    """probabilities @ values (197 x 197 @ 197 x 64): rows padded to whole tiles, and so
+    the copy of the rows' operand vectorizes, its 197 columns (the reduction) to whole
+    vectors; unpadded, one row per tile ran 1.5x slower."""
+    from tvm import te
+
+    lanes = vector_config(target)[0]
+    func = te.create_prim_func(KERNELS["probabilities @ values 3x197x197x64, padded"])
+    text = generic.default_schedule(func, lanes, target).script()
+    padded_depth = 197 + -197 % lanes
+    assert f"T.axis.reduce({padded_depth}" in text or f", {padded_depth}))" in text, text
+
+
+def _linear(m, k, n):
+    from tvm import te, topi
+
+    x, w, b = te.placeholder((1, m, k)), te.placeholder((k, n)), te.placeholder((n,))
+    r = te.reduce_axis((0, k))
+    y = te.compute((1, m, n), lambda i, j, c: te.sum(x[i, j, r] * w[r, c], axis=r))
+    return [x, w, b, topi.add(y, b)]
 
 
 @pytest.mark.parametrize("k,n,parallel", [(128, 256, False), (256, 1024, True)])

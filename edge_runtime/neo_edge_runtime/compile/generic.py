@@ -237,8 +237,11 @@ PARALLEL_MIN_MACS = 1 << 16
 #: Softmax rows longer than this are padded to a multiple of it: a whole number of the
 #: widest float32 vectors (AVX-512's 16 lanes; 8 and 4 divide it).
 _ROW_VECTOR = 16
-#: The largest register tile of a matrix product: rows x vectors of output columns.
-_TILE_ROWS, _TILE_VECTORS = 4, 3
+#: The largest register tile of a matrix product, rows x vectors of output columns, with
+#: 16 vector registers (AVX2; 12 accumulators) and with 32 (AVX-512, AArch64: 24). On
+#: 32 registers 6 x 4 ran a ViT's linear layers 10-20% faster than 4 x 3, and than
+#: 8 x 3 and 12 x 2 (one thread, 197 tokens, 192 <-> 768 features).
+_TILES = {16: (4, 3), 32: (6, 4)}
 
 _SCHEDULED = "tirx.is_scheduled"
 
@@ -291,6 +294,8 @@ def default_schedule(func, lanes: int, target=None):
     """
     from tvm import s_tir
 
+    from .schedules import vector_config
+
     sch = s_tir.Schedule(func)
     root = sch.get_sblock("root")
     _inline(sch, root)
@@ -300,11 +305,12 @@ def default_schedule(func, lanes: int, target=None):
         for b in blocks:
             _elementwise(sch, b, lanes)
     elif len(reducing) == 1 and sch.get(blocks[0]).same_as(sch.get(reducing[0])):
+        tile = _TILES[32 if target is not None and vector_config(target)[1] >= 32 else 16]
         block, after = reducing[0], blocks[1:]
-        padded = _pad_to_tiles(sch, block, lanes)
+        padded = _pad_to_tiles(sch, block, lanes, tile)
         if padded is not None:
             block, after = padded
-        _reduction(sch, block, after, lanes)
+        _reduction(sch, block, after, lanes, tile)
     else:
         return _row_reductions(func, lanes) or _dlight_reduction(func, target)
     return sch.mod["main"].with_attr(_SCHEDULED, True)
@@ -478,6 +484,15 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
+def _padded_rows(rows: int, most: int) -> int:
+    """The rows of the register tile to pad ``rows`` for (at most ``most``), or 0 where
+    a divisor of ``rows`` already gives a tile of ``most // 2`` rows or more: the
+    tallest tile whose padding adds at most a quarter (13 tokens: 4 x 4 = 16)."""
+    if rows <= most or _divisor_at_most(rows, most) >= most // 2:
+        return 0
+    return next((r for r in range(most, most // 2 - 1, -1) if -rows % r <= rows / 4), 0)
+
+
 def _rows_axis(extents: list):
     """Which of a product's output axes (``extents``, the columns last) the register
     tile's rows run along: the innermost other one longer than 1 (a linear layer over
@@ -485,14 +500,15 @@ def _rows_axis(extents: list):
     return next((k for k in range(len(extents) - 2, -1, -1) if extents[k] > 1), None)
 
 
-def _pad_to_tiles(sch, block, lanes: int):
+def _pad_to_tiles(sch, block, lanes: int, tile: tuple):
     """For a reduction whose output columns no vector divides, or whose rows no register
     tile's height does (a ViT's 197 tokens, for both), its computation padded to whole
     tiles (``pad_einsum``: the operands copied into zero-padded buffers, the padded
     result cut back): (reduction block, blocks after it) to schedule, the operands'
     padding vectorized on its own. None, with ``sch`` unchanged, where the tiles fit as
     they are or the block is not a plain product of its inputs. ``block`` is the first
-    block of ``sch`` (:func:`default_schedule` calls it so)."""
+    block of ``sch`` (:func:`default_schedule` calls it so); ``tile``: the largest
+    register tile, (rows, vectors)."""
     from ._tiling import vector_width
 
     stmt = sch.get(block)
@@ -504,19 +520,26 @@ def _pad_to_tiles(sch, block, lanes: int):
     last = spatial[-1]
     width = int(stmt.iter_vars[last].dom.extent)
     if width > lanes and vector_width(width, lanes) < lanes // 2:
-        # The widest register tile (up to _TILE_VECTORS vectors) that pads at most 15%:
+        # The widest register tile (up to tile[1] vectors) that pads at most 15%:
         # for 197 columns 224 (two vectors of 16) ran 20% faster than 208, and 240 slower.
-        factors[last] = lanes * next(v for v in range(_TILE_VECTORS, 0, -1)
+        factors[last] = lanes * next(v for v in range(tile[1], 0, -1)
                                      if -width % (lanes * v) <= 0.15 * width or v == 1)
     at = _rows_axis([int(stmt.iter_vars[k].dom.extent) for k in spatial])
     depth = int(stmt.iter_vars[len(kinds) - 1].dom.extent) if kinds[-1] != 0 else 0
-    if at is not None and vector_width(depth, lanes) >= lanes // 2:
-        # A register tile of several rows. Only where the padded copy of the rows'
-        # operand (along the reduction) is vectorized: attention's probabilities @ V
-        # (197 x 197 @ 197 x 64) ran 174 us padded, whose copy ran scalar, and 129 us not.
-        rows = int(stmt.iter_vars[spatial[at]].dom.extent)
-        if rows > _TILE_ROWS and _divisor_at_most(rows, _TILE_ROWS) < _TILE_ROWS // 2:
-            factors[spatial[at]] = _TILE_ROWS
+    rows = int(stmt.iter_vars[spatial[at]].dom.extent) if at is not None else 0
+    height = _padded_rows(rows, tile[0])
+    if height:
+        # A register tile of several rows, where the padded copy of the rows' operand
+        # (along the reduction) is vectorized: attention's probabilities @ V (197 x 197
+        # @ 197 x 64) ran 174 us padded, whose copy ran scalar, and 129 us not. So a
+        # reduction no vector divides is padded to whole vectors too where that adds
+        # little (197 to 208): then the same product ran 151 us, against 224 us with its
+        # rows unpadded (one thread, a 4 x 3 tile).
+        if vector_width(depth, lanes) >= lanes // 2:
+            factors[spatial[at]] = height
+        elif depth > lanes and -depth % lanes <= 0.1 * depth:
+            factors[spatial[at]] = height
+            factors[len(kinds) - 1] = lanes
     if factors == [1] * len(kinds):
         return None
     name = stmt.name_hint
@@ -540,7 +563,7 @@ def _pad_to_tiles(sch, block, lanes: int):
     return sch.get_sblock(name), after
 
 
-def _reduction(sch, block, after: list, lanes: int) -> None:
+def _reduction(sch, block, after: list, lanes: int, tile: tuple) -> None:
     from ._tiling import vector_width
 
     stmt = sch.get(block)
@@ -557,14 +580,14 @@ def _reduction(sch, block, after: list, lanes: int) -> None:
     step = vector_width(width, lanes)
     tile_outer, tile_inner = [], []
     if step > 1:
-        per = _divisor_at_most(width // step, _TILE_VECTORS)
+        per = _divisor_at_most(width // step, tile[1])
         co, cu, cv = sch.split(cols, [None, per, step])
         tile_outer.append(co)
         tile_inner += [cu, cv]
     else:
         tile_outer.append(cols)
     if at is not None:
-        rows = _divisor_at_most(_extent(sch, spatial[at]), _TILE_ROWS)
+        rows = _divisor_at_most(_extent(sch, spatial[at]), tile[0])
         ro, ri = sch.split(spatial[at], [None, rows])
         tile_inner = [ri, *tile_inner]
         spatial = [*spatial[:at], ro, *spatial[at + 1:-1]]
