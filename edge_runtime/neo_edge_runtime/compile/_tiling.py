@@ -1,5 +1,6 @@
 """Register tiles and vector splits, shared by the direct (:mod:`.schedules`) and
-Winograd (:mod:`.winograd`) convolution schedules (build machine only).
+Winograd (:mod:`.winograd`) convolution schedules and the default ones (:mod:`.generic`)
+(build machine only).
 
 Both schedules hold a block of outputs by a block of output channels in vector registers
 and split channel loops into whole vectors; the sizes come from here, so the two search
@@ -66,3 +67,15 @@ def vectorize(sch, loop, lanes: int) -> None:
     _, inner = vector_split(sch, loop, lanes)
     if inner is not None:
         sch.vectorize(inner)
+
+
+def vector_config(target) -> tuple[int, int]:
+    """(float32 lanes, vector registers) of an LLVM CPU target."""
+    from tvm.target import codegen
+
+    bits = int(codegen.llvm_get_vector_width(target))
+    lanes = max(4, bits // 32)
+    triple = str(target.attrs.get("mtriple", ""))
+    # AVX-512 and AArch64 have 32 vector registers; AVX2 and 32-bit ARM NEON 16.
+    registers = 32 if lanes >= 16 or triple.startswith("aarch64") else 16
+    return lanes, registers

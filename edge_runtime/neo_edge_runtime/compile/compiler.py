@@ -673,7 +673,8 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
     one (each batch starts its own builder and runner processes); a candidate's time is
     its fastest run, and so is its database record's. ``cold_weights``: see
     :func:`_measurers` (noted in ``searched`` apart from warm measurements; all cores
-    only). Returns the tasks the templates do not cover."""
+    only). Returns the tasks for MetaSchedule's search: those no template covers, and those
+    whose template is the default schedule (:class:`.schedules.DefaultConfig`)."""
     from tvm.s_tir import meta_schedule as ms
 
     from . import schedules
@@ -681,20 +682,28 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
     lanes, registers = schedules.vector_config(tvm_target)
     database = ms.database.JSONDatabase(work_dir=str(db))
     keys = []  # per task: its key in ``searched``, None if no template covers it
+    defaults = set()  # keys whose one candidate is the default schedule
     measured, pending = set(), []  # keys measured now; (key, workload, config, sch, args)
     for task in tasks:
         mod = task.dispatched[0]
-        configs = schedules.candidates(mod["main"], lanes, registers, TEMPLATE_CANDIDATES)
+        configs = schedules.candidates(mod["main"], lanes, registers, TEMPLATE_CANDIDATES,
+                                       target=None if cold_weights else tvm_target)
         key = _kernel_key(mod, cold_weights) if configs else None
         keys.append(key)
         if key is None:
             continue
+        if isinstance(configs[0], schedules.DefaultConfig):
+            defaults.add(key)
         entry = searched.setdefault(key, {"kernel": task.task_name, "measured": []})
         new = [c for c in configs if str(c) not in entry["measured"]]
         if new and key not in measured:
             measured.add(key)
             workload = database.commit_workload(mod)
-            pending += [(key, workload, c, *_scheduled(mod, c)) for c in new]
+            for c in new:
+                try:
+                    pending.append((key, workload, c, *_scheduled(mod, c)))
+                except Exception:  # a template that does not fit: not measured
+                    pass
             entry["measured"] = sorted(set(entry["measured"]) | {str(c) for c in new})
     if pending:
         builder, _ = _measurers(cold_weights, template=True)
@@ -716,8 +725,10 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
                             fastest[n][i] = min(fastest[n][i],
                                                 *(float(s) for s in result.run_secs))
         for i, (key, workload, config, sch, args_info, _) in enumerate(ok):
-            # The record's times, whose mean ranks it: on all cores, and on one.
-            secs = [fastest[n][i] for n in threads]
+            # The record's times, whose mean ranks it: on all cores, and on one; the
+            # default schedule's on all cores only, as MetaSchedule measures the
+            # schedules it searches for the same kernel.
+            secs = [fastest[n][i] for n in (threads[:1] if key in defaults else threads)]
             if float("inf") in secs:
                 continue
             database.commit_tuning_record(ms.database.TuningRecord(
@@ -731,10 +742,11 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
     rest = []
     for task, key in zip(tasks, keys):
-        # No template, or no candidate built and ran: MetaSchedule's search instead.
-        if key is None or "ms" not in searched[key]:
+        # No template, or no candidate built and ran: MetaSchedule's search instead; it
+        # also searches beside the default schedule, which its records must beat.
+        if key is None or "ms" not in searched[key] or key in defaults:
             rest.append(task)
-        elif key in measured:
+        if key is not None and key in measured and "ms" in searched[key]:
             entry = searched[key]
             log(f"{task.task_name}: {entry['schedule']}, {entry['ms']:.3f} ms")
     return rest
@@ -1255,10 +1267,10 @@ def _tune(mod, params: list, tvm_target, db: Path, trials: int, done: int, searc
 
 def _apply_database(mod, params: list, tvm_target, database=None):
     """The kernels of :func:`_tuning_module`'s ``mod`` scheduled by the records in
-    ``database`` (if any); template kernels (convolutions, pooling windows,
-    concatenations) it has no record of get their most promising template schedule
-    (:func:`.schedules.candidates`, first), unmeasured. Weight layout rewrites are computed
-    here. Returns (module to build, weights)."""
+    ``database`` (if any); kernels it has no record of get their most promising template
+    schedule (:func:`.schedules.candidates`, first; the default schedule for kernels no
+    other template covers), unmeasured. Weight layout rewrites are computed here.
+    Returns (module to build, weights)."""
     import tvm
     from tvm.relax import transform as T
     from tvm.s_tir import meta_schedule as ms
@@ -1273,9 +1285,13 @@ def _apply_database(mod, params: list, tvm_target, database=None):
             if database is not None and database.has_workload(kernel) and \
                     database.get_top_k(database.commit_workload(kernel), 1):
                 continue
-            configs = schedules.candidates(kernel["main"], lanes, registers, limit=1)
-            if configs:
-                sch, args_info = _scheduled(kernel, configs[0])
+            configs = schedules.candidates(kernel["main"], lanes, registers, limit=1,
+                                           target=tvm_target)
+            try:
+                sch, args_info = _scheduled(kernel, configs[0]) if configs else (None, None)
+            except Exception:  # the template does not fit after all: default_schedules
+                sch = None
+            if sch is not None:
                 fallback.commit_tuning_record(ms.database.TuningRecord(
                     sch.trace, fallback.commit_workload(kernel), [0.0], tvm_target,
                     args_info))

@@ -259,7 +259,7 @@ def schedule_unscheduled(mod, target, log=lambda msg: None):
     import tvm
     from tvm import tirx
 
-    from .schedules import vector_config
+    from ._tiling import vector_config
 
     lanes = vector_config(target)[0]
     funcs, left = {}, []
@@ -277,7 +277,21 @@ def schedule_unscheduled(mod, target, log=lambda msg: None):
 
 
 def default_schedule(func, lanes: int, target=None):
-    """``func`` scheduled for a CPU, marked scheduled; None when no rule fits.
+    """``func`` scheduled for a CPU (:func:`schedule_kernel`), marked scheduled; None
+    when no rule fits."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    if not schedule_kernel(sch, lanes, target):
+        return None
+    return sch.mod["main"].with_attr(_SCHEDULED, True)
+
+
+def schedule_kernel(sch, lanes: int, target=None) -> bool:
+    """Schedule the kernel in ``sch`` (unscheduled) for a CPU with vectors of ``lanes``
+    float32 elements, by the first rule that fits; False, ``sch`` unchanged, when none
+    does. As a template (:class:`.schedules.DefaultConfig`) its steps are replayed from
+    the trace, and tuning measures it against MetaSchedule's search.
 
     - Blocks that only compute an element from others (elementwise, broadcast, padding,
       transposes) are inlined into their readers where TVM allows it.
@@ -285,18 +299,28 @@ def default_schedule(func, lanes: int, target=None):
       its innermost (or along all of its loops fused, when the innermost is shorter than
       a vector).
     - One reduction (a matrix product, a mean, a pooling window) with elementwise blocks
-      after it: a register tile of up to 4 rows by 3 vectors of its innermost output
-      axis, the reduction outside the tile's columns, so each step broadcasts one input
-      value against whole vectors of the other operand; parallel over the tiles; the
-      blocks after it computed per tile. Columns no vector divides are padded to whole
-      vectors and rows to whole tiles first (:func:`_pad_to_tiles`).
-    - Several reductions in sequence (softmax, layer norm): TVM's dlight CPU rule.
+      after it: a register tile of rows by vectors of its innermost output axis
+      (:data:`_TILES`), the reduction outside the tile's columns, so each step broadcasts
+      one input value against whole vectors of the other operand; parallel over the
+      tiles; the blocks after it computed per tile. Columns no vector divides are padded
+      to whole vectors and rows to whole tiles first (:func:`_pad_to_tiles`).
+    - Several reductions along rows (softmax, layer norm): :func:`_row_reductions`.
+    - Other sequences of reductions: TVM's dlight CPU rule.
     """
-    from tvm import s_tir
+    for rule in (_product_or_elementwise, _row_reductions, _dlight_reduction):
+        # Tried on a copy: a rule that does not fit may have changed it half-way.
+        try:
+            fits = rule(sch.copy(), lanes, target)
+        except Exception:  # TVM refused a step: not of that rule's shape after all
+            fits = False
+        if fits:
+            return rule(sch, lanes, target)
+    return False
 
-    from .schedules import vector_config
 
-    sch = s_tir.Schedule(func)
+def _product_or_elementwise(sch, lanes: int, target) -> bool:
+    from ._tiling import vector_config
+
     root = sch.get_sblock("root")
     _inline(sch, root)
     blocks = sch.get_child_blocks(root)
@@ -304,21 +328,45 @@ def default_schedule(func, lanes: int, target=None):
     if not reducing:
         for b in blocks:
             _elementwise(sch, b, lanes)
-    elif len(reducing) == 1 and sch.get(blocks[0]).same_as(sch.get(reducing[0])):
+        return True
+    if len(reducing) == 1 and sch.get(blocks[0]).same_as(sch.get(reducing[0])):
         tile = _TILES[32 if target is not None and vector_config(target)[1] >= 32 else 16]
         block, after = reducing[0], blocks[1:]
         padded = _pad_to_tiles(sch, block, lanes, tile)
         if padded is not None:
             block, after = padded
         _reduction(sch, block, after, lanes, tile)
-    else:
-        return _row_reductions(func, lanes) or _dlight_reduction(func, target)
-    return sch.mod["main"].with_attr(_SCHEDULED, True)
+        return True
+    return False
 
 
-def _row_reductions(func, lanes: int):
-    """``func`` scheduled as several reductions along the rows of its output (softmax,
-    layer norm), or None where it is not that or a reduction's row is not whole vectors
+def _dlight_reduction(sch, lanes: int, target) -> bool:
+    """TVM's dlight rule, whose parallel loop is dropped below PARALLEL_MIN_WORK (it
+    parallelizes any extent, even a softmax's single row)."""
+    if target is None:
+        return False
+    from tvm import s_tir
+    from tvm.s_tir.dlight.cpu import Reduction
+
+    planned = Reduction().apply(sch.mod["main"], target, False)
+    if planned is None:
+        return False
+    steps = planned.trace.insts
+    last = planned.get_child_blocks(planned.get_sblock("root"))[-1]
+    if _work(planned, last) < PARALLEL_MIN_WORK:
+        steps = [i for i in steps if i.kind.name != "Parallel"]
+    # The rule's steps replayed on ``sch`` (dlight makes a schedule of its own).
+    s_tir.Trace(steps, {}).apply_to_schedule(sch, remove_postproc=False)
+    return True
+
+
+def _reduce_count(sch, block) -> int:
+    return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) != 0)
+
+
+def _row_reductions(sch, lanes: int, target=None) -> bool:
+    """Schedule ``sch`` as several reductions along the rows of its output (softmax,
+    layer norm); False where it is not that or a reduction's row is not whole vectors
     long (the fast softmax pads its rows: :func:`fast_math`).
 
     Per row, each reduction accumulates one vector of partial results (``rfactor``),
@@ -327,55 +375,49 @@ def _row_reductions(func, lanes: int):
     accumulates in one scalar, a chain of dependent adds: on a ViT's layer norm
     (197 x 192, one thread) 77 us, against 8.6 us here.
     """
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
     root = sch.get_sblock("root")
     _inline_single_readers(sch, root)
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     last = sch.get_sblock(names[-1])
     rows = sch.get_loops(last)[:-1]
     if _reduce_count(sch, last) or not rows:
-        return None
+        return False
     partials = {}
-    try:
-        for name in names[:-1]:
-            block = sch.get_sblock(name)
-            kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-            if kinds.count(0) == len(kinds):
-                continue
-            loops = sch.get_loops(block)
-            row = _extent(sch, loops[-1])
-            if kinds[-1] == 0 or kinds.count(0) != len(kinds) - 1 or row % lanes:
-                return None  # not one reduction along a row of whole vectors
-            _, lane = sch.split(loops[-1], [None, lanes])
-            partial = sch.rfactor(lane, factor_axis=len(sch.get(block).writes[0].source.shape))
-            partials[sch.get(partial).name_hint] = row // lanes
-        work = _work(sch, last)
-        spatial = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-        if work >= PARALLEL_MIN_WORK:  # before the steps under it are split up
-            sch.parallel(spatial)
-        for block in reversed(sch.get_child_blocks(root)[:-1]):
-            sch.compute_at(block, spatial, preserve_unit_loops=True)
-        for name in [sch.get(b).name_hint for b in sch.get_child_blocks(root)]:
-            block = sch.get_sblock(name)
-            loops = sch.get_loops(block)[1:]  # under the rows
-            if name in partials:
-                # loops [lane, unit loops..., along the row]: the row outside the lane
-                lane, along = loops[0], loops[-1]
-                if _extent(sch, lane) != lanes or _extent(sch, along) != partials[name]:
-                    return None
-                sch.reorder(along, lane)
-                sch.vectorize(lane)
-                sch.decompose_reduction(block, along)
-            elif not _reduce_count(sch, block) and loops and _extent(sch, loops[-1]) > 1:
-                inner = loops[-1]
-                if _extent(sch, inner) > lanes:
-                    inner = sch.split(inner, [None, lanes])[1]
-                sch.vectorize(inner)
-    except Exception:  # TVM refused a step: this kernel is not of that shape after all
-        return None
-    return sch.mod["main"].with_attr(_SCHEDULED, True)
+    for name in names[:-1]:
+        block = sch.get_sblock(name)
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        if kinds.count(0) == len(kinds):
+            continue
+        loops = sch.get_loops(block)
+        row = _extent(sch, loops[-1])
+        if kinds[-1] == 0 or kinds.count(0) != len(kinds) - 1 or row % lanes:
+            return False  # not one reduction along a row of whole vectors
+        _, lane = sch.split(loops[-1], [None, lanes])
+        partial = sch.rfactor(lane, factor_axis=len(sch.get(block).writes[0].source.shape))
+        partials[sch.get(partial).name_hint] = row // lanes
+    work = _work(sch, last)
+    spatial = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    if work >= PARALLEL_MIN_WORK:  # before the steps under it are split up
+        sch.parallel(spatial)
+    for block in reversed(sch.get_child_blocks(root)[:-1]):
+        sch.compute_at(block, spatial, preserve_unit_loops=True)
+    for name in [sch.get(b).name_hint for b in sch.get_child_blocks(root)]:
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)[1:]  # under the rows
+        if name in partials:
+            # loops [lane, unit loops..., along the row]: the row outside the lane
+            lane, along = loops[0], loops[-1]
+            if _extent(sch, lane) != lanes or _extent(sch, along) != partials[name]:
+                return False
+            sch.reorder(along, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, along)
+        elif not _reduce_count(sch, block) and loops and _extent(sch, loops[-1]) > 1:
+            inner = loops[-1]
+            if _extent(sch, inner) > lanes:
+                inner = sch.split(inner, [None, lanes])[1]
+            sch.vectorize(inner)
+    return True
 
 
 def _inline_single_readers(sch, root) -> None:
@@ -392,31 +434,6 @@ def _inline_single_readers(sch, root) -> None:
                     break
                 except Exception:  # TVM refused: computed on its own
                     pass
-
-
-def _dlight_reduction(func, target):
-    """TVM's dlight rule, whose parallel loop is dropped below PARALLEL_MIN_WORK (it
-    parallelizes any extent, even a softmax's single row)."""
-    if target is None:
-        return None
-    from tvm import s_tir
-    from tvm.s_tir.dlight.cpu import Reduction
-
-    sch = Reduction().apply(func, target, False)
-    if sch is None:
-        return None
-    last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
-    if _work(sch, last) < PARALLEL_MIN_WORK:
-        # The rule's steps again, without the one that parallelizes.
-        trace = sch.trace
-        steps = [i for i in trace.insts if i.kind.name != "Parallel"]
-        sch = s_tir.Schedule(func)
-        s_tir.Trace(steps, {}).apply_to_schedule(sch, remove_postproc=False)
-    return sch.mod["main"].with_attr(_SCHEDULED, True)
-
-
-def _reduce_count(sch, block) -> int:
-    return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) != 0)
 
 
 def _inline(sch, root) -> None:

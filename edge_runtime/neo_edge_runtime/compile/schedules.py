@@ -25,11 +25,12 @@ temporary), at up to three times the time of a vectorized loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from . import winograd
 from ._tiling import SPARE_REGISTERS, register_tiles, vector_split, vector_width, vectorize
+from ._tiling import vector_config  # noqa: F401 (the compiler's and tests' name for it)
 
 #: TensorIR iteration kinds (tirx.IterVar): spatial and reduction.
 _SPATIAL, _REDUCE = 0, 2
@@ -159,6 +160,26 @@ def _concat_parts(func) -> Optional[tuple[int, ...]]:
     return tuple(n for _, n in parts)
 
 
+@dataclass(frozen=True)
+class DefaultConfig:
+    """A kernel no other template covers (a matrix product, softmax, layer norm, the
+    elementwise glue): the default CPU schedule (:func:`.generic.schedule_kernel`). As
+    a template it is measured when tuning, so MetaSchedule's search replaces it only
+    where it found a faster schedule: ten minutes of search on a ViT had made it 1.17x
+    slower than its untuned build.
+
+    Its weights stay in their layout: packed in the order its register tile reads them
+    (MetaSchedule's RewriteLayout), the ViT ran no faster, and a GRU whose one kernel is
+    called at every time step got a packed copy of its weights per call site (0.7 MB
+    of weights became 10 MB, and the model 2.3x slower)."""
+
+    lanes: int
+    target: Any = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return "default schedule"
+
+
 def _both_sizes(tiles: list, half: int) -> list:
     """``tiles`` (:func:`register_tiles`) reordered to alternate between tiles of more
     than ``half`` accumulators and the others, each kind best first.
@@ -175,10 +196,11 @@ def _both_sizes(tiles: list, half: int) -> list:
     return mixed + large[n:] + small[n:]
 
 
-def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
+def candidates(func, lanes: int, registers: int, limit: int = 12, target=None) -> list:
     """Configurations worth measuring for ``func``, the most promising first: direct
     convolutions get ConvConfigs, Winograd kernels (:mod:`.winograd`) theirs, pooling
-    windows and channel concatenations their one.
+    windows and channel concatenations their one; with ``target`` (the TVM target),
+    any other kernel its :class:`DefaultConfig`.
 
     ``lanes``: float32 elements per vector register; ``registers``: vector registers.
     """
@@ -189,7 +211,8 @@ def candidates(func, lanes: int, registers: int, limit: int = 12) -> list:
         return [ConcatConfig(lanes, parts)]
     shape = conv_shape(func)
     if shape is None:
-        return winograd.candidates(func, lanes, registers, limit)
+        found = winograd.candidates(func, lanes, registers, limit)
+        return found or ([DefaultConfig(lanes, target)] if target is not None else [])
     tiles = _both_sizes(register_tiles(shape.out_width, shape.out_channels, lanes,
                                        registers, depthwise=shape.reduction[2] == 1),
                         (registers - SPARE_REGISTERS) // 2)
@@ -215,6 +238,9 @@ def apply(sch, config) -> None:
         return
     if isinstance(config, ConcatConfig):
         _apply_concat(sch, config)
+        return
+    if isinstance(config, DefaultConfig):
+        _apply_default(sch, config)
         return
 
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -257,6 +283,13 @@ def apply(sch, config) -> None:
     ms.postproc.RewriteLayout().apply(sch)
 
 
+def _apply_default(sch, config: DefaultConfig) -> None:
+    from . import generic
+
+    if not generic.schedule_kernel(sch, config.lanes, config.target):
+        raise ValueError("no default schedule fits this kernel")
+
+
 def _apply_pool(sch, config: PoolConfig) -> None:
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
@@ -294,15 +327,3 @@ def _apply_concat(sch, config: ConcatConfig) -> None:
     for part in sch.loop_partition(vectors, [n // step for n in config.parts[:-1]] + [None]):
         block, = sch.get_child_blocks(part)
         sch.vectorize(sch.get_loops(block)[-1])
-
-
-def vector_config(target) -> tuple[int, int]:
-    """(float32 lanes, vector registers) of an LLVM CPU target."""
-    from tvm.target import codegen
-
-    bits = int(codegen.llvm_get_vector_width(target))
-    lanes = max(4, bits // 32)
-    triple = str(target.attrs.get("mtriple", ""))
-    # AVX-512 and AArch64 have 32 vector registers; AVX2 and 32-bit ARM NEON 16.
-    registers = 32 if lanes >= 16 or triple.startswith("aarch64") else 16
-    return lanes, registers
