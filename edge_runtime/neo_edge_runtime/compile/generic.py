@@ -412,11 +412,8 @@ def _row_reductions(sch, lanes: int, target=None) -> bool:
             sch.reorder(along, lane)
             sch.vectorize(lane)
             sch.decompose_reduction(block, along)
-        elif not _reduce_count(sch, block) and loops and _extent(sch, loops[-1]) > 1:
-            inner = loops[-1]
-            if _extent(sch, inner) > lanes:
-                inner = sch.split(inner, [None, lanes])[1]
-            sch.vectorize(inner)
+        elif not _reduce_count(sch, block):
+            _vectorize_inner(sch, block, lanes)
     return True
 
 
