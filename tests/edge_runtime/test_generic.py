@@ -51,6 +51,12 @@ def _kernels():
         y = topi.matmul(x, w)
         return [x, w, te.compute((1, n), lambda i, j: topi.sigmoid(y)[i, j] * y[i, j + n])]
 
+    def squeeze_excitation(pixels, k, c):  # x * sigmoid(pooled @ w + b), broadcast
+        p, w, b = te.placeholder((1, k)), te.placeholder((k, c)), te.placeholder((c,))
+        x = te.placeholder((pixels, c))
+        scale = topi.sigmoid(topi.add(topi.matmul(p, w), b))
+        return [p, w, b, x, te.compute((pixels, c), lambda i, j: x[i, j] * scale[0, j])]
+
     def hardswish(shape):
         x = te.placeholder(shape)
         return [x, topi.multiply(x, topi.divide(
@@ -88,6 +94,7 @@ def _kernels():
         "matmul 13 rows, padded": matmul(13, 32, 48),
         "linear layer over 13 tokens, padded": linear_3d(13, 32, 48),
         "gru gates 128x256": gates(128, 128),
+        "squeeze-excitation scale 49x1152": squeeze_excitation(49, 48, 1152),
         "hardswish nhwc": hardswish((1, 12, 12, 24)),
         "hardswish short last axis": hardswish((1, 8, 8, 3)),
         "transpose nchw to nhwc": transpose((1, 3, 128, 128), (0, 2, 3, 1)),
@@ -386,6 +393,22 @@ def test_attention_probabilities_are_padded_along_the_reduction_for_whole_tiles(
     text = generic.default_schedule(func, lanes, target).script()
     padded_depth = 197 + -197 % lanes
     assert f"T.axis.reduce({padded_depth}" in text or f", {padded_depth}))" in text, text
+
+
+def test_a_broadcast_epilogue_is_computed_once_per_product_element(target):
+    """Squeeze-and-excitation: the bias and sigmoid after the product are computed per
+    tile, once per channel, and the broadcast product with the feature map reads them;
+    inlined into it, they were computed for every element of the map."""
+    from tvm import s_tir, te
+
+    func = te.create_prim_func(KERNELS["squeeze-excitation scale 49x1152"])
+    sch = s_tir.Schedule(generic.default_schedule(func, vector_config(target)[0], target))
+    output = func.params[-1]
+    last, = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))
+             if sch.get(b).writes[0].source.same_as(output)]
+    product = last.body.value
+    assert isinstance(product, tvm.ir.prim.expr.Mul), last
+    assert all(isinstance(v, tvm.ir.expr.TensorLoad) for v in (product.a, product.b)), last
 
 
 def _linear(m, k, n):

@@ -733,7 +733,7 @@ def _measure_templates(tasks, tvm_target, db: Path, searched: dict,
                 continue
             database.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, workload, secs, tvm_target, args_info))
-            t = round(sum(secs) / len(secs) * 1e3, 4)
+            t = round(sum(secs) / len(secs) * 1e3, 6)  # ms, to the ns: tiny kernels too
             entry = searched[key]
             if "ms" not in entry or t < entry["ms"]:
                 entry.update(schedule=str(config), ms=t)
