@@ -275,7 +275,7 @@ def test_steps_past_a_sequence_length_output_zeros(variants):
         assert not np.any(y[length:, :, b]) and np.all(np.any(y[:length, :, b], axis=-1))
 
 
-def test_every_compiler_pass_applies_to_unrolled_operators(variants):
+def test_every_compiler_pass_applies_to_recurrent_operators(variants):
     # TVM's ConvertLayout fails on relax.op.stack: the converters must not emit it, or
     # every model with a recurrent operator loses the compiler's layout passes.
     _, _, meta = variants
@@ -285,7 +285,8 @@ def test_every_compiler_pass_applies_to_unrolled_operators(variants):
 # -- Refusals ---------------------------------------------------------------------------
 
 
-def _single_node_model(op="LSTM", hidden=2, w_rows=None, **attrs) -> onnx.ModelProto:
+def _single_node_model(op="LSTM", hidden=2, w_rows=None, steps=4,
+                       **attrs) -> onnx.ModelProto:
     rows = w_rows or GATES[op] * hidden
     dirs = 2 if attrs.get("direction") == "bidirectional" else 1
     rng = np.random.default_rng(3)
@@ -294,7 +295,7 @@ def _single_node_model(op="LSTM", hidden=2, w_rows=None, **attrs) -> onnx.ModelP
     node = helper.make_node(op, ["X", "W", "R"], ["Y"], name="/rnn/cell", hidden_size=hidden,
                             **attrs)
     graph = helper.make_graph(
-        [node], "one", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 1, 3])],
+        [node], "one", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [steps, 1, 3])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     model.ir_version = 10
@@ -305,12 +306,31 @@ def _import(model):
     return compiler._import_onnx(model, None, None, "cell.onnx")
 
 
-def test_an_lstm_step_splits_nothing():
-    """The gates are slices of the step's product, which fuse into the gates' kernel: a
-    split was a kernel of its own each step (4 steps here; the inputs' projections are
-    split once, by steps)."""
-    mod, *_ = _import(_single_node_model("LSTM", hidden=4))
-    assert mod["main"].script().count("R.split(") == 1
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_each_direction_is_one_kernel_whatever_the_sequence_length(op):
+    """Each direction loops over its steps in one TIR kernel: unrolled into Relax
+    operators, every step was three kernels and a dozen VM instructions more."""
+    scripts = [_import(_single_node_model(op, hidden=4, steps=steps,
+                                          direction="bidirectional"))[0]["main"].script()
+               for steps in (4, 32)]
+    assert [s.count(f"R.call_tir({op.lower()}_recurrence") for s in scripts] == [2, 2]
+    assert len(scripts[0].splitlines()) == len(scripts[1].splitlines())
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_a_recurrence_compiled_for_an_nvidia_target_runs_on_the_gpu(op, tmp_path):
+    """Built for CPUs the kernel binds no GPU thread, and TVM would leave it on the host,
+    reading the GPU's memory from the CPU. Compiled for a GPU target (no GPU needed to
+    compile), each recurrence is a CUDA kernel of the library's device code."""
+    model = _single_node_model(op, hidden=4, direction="bidirectional")
+    model.graph.output[0].type.tensor_type.shape.dim.extend(
+        [onnx.TensorShapeProto.Dimension(dim_value=d) for d in (4, 2, 1, 4)])
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    art = compile_model(tmp_path / "m.onnx", "ml_g4dn", tmp_path / "art")
+    library = next(art.glob("*.so")).read_bytes()
+    name = op.lower()
+    assert f"void {name}_recurrence_kernel(".encode() in library
+    assert f"void {name}_recurrence1_kernel(".encode() in library
 
 
 def test_fails_naming_the_node_and_an_unknown_activation():

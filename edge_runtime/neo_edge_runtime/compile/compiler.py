@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .. import artifact
 from ..errors import CompileError, TargetError
 from ..targets import Target, framework as framework_spec, host_arch, resolve
+from . import rnn
 from .rnn import onnx_converters as _with_rnn_converters
 
 _SUFFIX_FRAMEWORK = {
@@ -1355,7 +1356,7 @@ def _build(mod, param_values: list, target: Target, target_spec: dict, tune_tria
     passes = passes or _Passes(log)
     tvm_target = tvm.target.Target(target_spec)
     if target.device != "cpu":
-        return _stock_build(mod, param_values, tvm_target), None, \
+        return _stock_build(rnn.for_gpu(mod), param_values, tvm_target), None, \
             {"trials": 0, "prepacked": False}
     try:
         return _optimized_build(mod, param_values, target_spec, tune_trials, tuning_db,

@@ -673,6 +673,33 @@ def _vectorize_inner(sch, block, lanes: int) -> None:
         vectorize(sch, loops[-1], lanes)
 
 
+def _nan_kept(f):
+    """``f`` with NaN kept: the approximations clamp their input (fast_erf(NaN) is 1);
+    NaN stays NaN, as in the exact functions and ONNX Runtime."""
+    from tvm import topi
+
+    return lambda x: topi.where(topi.isnan(x), x, f(x))
+
+
+def fast_sigmoid(x):
+    """float32 sigmoid of the TE tensor ``x`` through ``topi.fast_exp`` (see
+    :func:`fast_math`)."""
+    from tvm import topi
+
+    def sigmoid(v):
+        return topi.divide(1.0, topi.add(1.0, topi.fast_exp(topi.negative(v))))
+
+    return _nan_kept(sigmoid)(x)
+
+
+def fast_tanh(x):
+    """float32 tanh of the TE tensor ``x`` through ``topi.fast_tanh`` (see
+    :func:`fast_math`)."""
+    from tvm import topi
+
+    return _nan_kept(topi.fast_tanh)(x)
+
+
 def fast_math(mod):
     """``mod`` with float32 ``sigmoid``, ``tanh``, ``erf`` and ``gelu`` (through erf)
     computed by TVM's polynomial approximations (``topi.fast_exp``, ``fast_tanh``,
@@ -687,14 +714,6 @@ def fast_math(mod):
     import tvm
     from tvm import relax, te, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    def sigmoid(x):
-        return topi.divide(1.0, topi.add(1.0, topi.fast_exp(topi.negative(x))))
-
-    def nan_kept(f):
-        # The approximations clamp their input: fast_erf(NaN) is 1. NaN stays NaN, as in
-        # the exact functions and ONNX Runtime.
-        return lambda x: topi.where(topi.isnan(x), x, f(x))
 
     def gelu(x):  # as TVM legalizes nn.gelu: x * (0.5 + erf(x / sqrt(2)) * 0.5)
         return topi.multiply(x, topi.add(0.5, topi.multiply(
@@ -716,8 +735,8 @@ def fast_math(mod):
         out = topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
         return te.compute(x.shape, lambda *i: out(*i), name="unpad") if pad else out
 
-    fast = {"relax.sigmoid": nan_kept(sigmoid), "relax.tanh": nan_kept(topi.fast_tanh),
-            "relax.erf": nan_kept(topi.fast_erf), "relax.nn.gelu": nan_kept(gelu),
+    fast = {"relax.sigmoid": fast_sigmoid, "relax.tanh": fast_tanh,
+            "relax.erf": _nan_kept(topi.fast_erf), "relax.nn.gelu": _nan_kept(gelu),
             "relax.nn.softmax": softmax}
 
     @mutator
