@@ -341,17 +341,20 @@ def test_fast_softmax_keeps_masked_entries_at_zero_and_nan_as_nan(tmp_path):
     from onnx import helper
 
     path = _onnx_model(tmp_path, "softmax", [helper.make_node("Softmax", ["x"], ["y"])],
-                       [4, 40], [4, 40], [])
+                       [6, 40], [6, 40], [])
     mod, *_ = compiler._import(path, "ONNX", None, None)
     assert "R.nn.softmax" not in generic.fast_math(mod).script()
-    x = np.random.default_rng(3).standard_normal((4, 40)).astype(np.float32) * 30
+    x = np.random.default_rng(3).standard_normal((6, 40)).astype(np.float32) * 30
     x[0, ::3] = -np.inf  # masked
     x[1, 5] = np.nan
     x[2, :] = np.linspace(-200, 0, 40)  # down to exp(-200): below float32's range
+    x[4, 7] = np.inf  # exp(inf - inf): NaN, in ONNX Runtime too
+    x[5, :] = -np.inf  # all masked: the same
     art = compile_model(path, "host", tmp_path / "art")
     got = EdgeModel.load(art).predict(x)["y"]
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert (got[0, ::3] == 0).all() and np.isnan(got[1]).all()
+    assert np.isnan(expected[4]).all() and np.isnan(expected[5]).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 

@@ -675,10 +675,17 @@ def _vectorize_inner(sch, block, lanes: int) -> None:
 
 def _nan_kept(f):
     """``f`` with NaN kept: the approximations clamp their input (fast_erf(NaN) is 1);
-    NaN stays NaN, as in the exact functions and ONNX Runtime."""
-    from tvm import topi
+    NaN stays NaN, as in the exact functions and ONNX Runtime. A select on the NaN test
+    itself: ``topi.where`` casts the condition to int64 and compares, which LLVM does not
+    fold away, and a float32 softmax took twice as long."""
+    from tvm import te, tirx
 
-    return lambda x: topi.where(topi.isnan(x), x, f(x))
+    def kept(x):
+        y = f(x)
+        return te.compute(x.shape, lambda *i: tirx.Select(tirx.isnan(x(*i)), x(*i), y(*i)),
+                          name="nan_kept")
+
+    return kept
 
 
 def fast_sigmoid(x):
@@ -712,7 +719,7 @@ def fast_math(mod):
     After layout conversion: the kernels this emits are opaque to it.
     """
     import tvm
-    from tvm import relax, te, topi
+    from tvm import relax, te, tirx, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     def gelu(x):  # as TVM legalizes nn.gelu: x * (0.5 + erf(x / sqrt(2)) * 0.5)
@@ -727,12 +734,21 @@ def fast_math(mod):
             xp = topi.nn.pad(x, [0] * ndim, [0] * (ndim - 1) + [pad], pad_value=float("-inf"))
         else:
             xp = x
-        shifted = topi.subtract(xp, topi.max(xp, axis=axis, keepdims=True))
-        # NaN kept where the clamp inside fast_exp would drop it (min/max semantics vary
-        # across targets); below exp's range fast_exp gives 0, as exp does: the -inf
-        # padding gets probability 0.
-        e = topi.where(topi.isnan(shifted), shifted, topi.fast_exp(shifted))
-        out = topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+        # The row's maximum counts NaN as +inf: then (as for a row holding +inf, or only
+        # -inf) max - max is NaN, and so is every probability of the row, as in ONNX
+        # Runtime; otherwise it is 0. The exponentials need no NaN test of their own
+        # (fast_exp clamps NaN to a number): testing each one doubled the softmax's time.
+        top = topi.max(te.compute(xp.shape, lambda *i: tirx.Select(
+            tirx.isnan(xp(*i)), tirx.const(float("inf"), "float32"), xp(*i)), name="nan_as_inf"),
+            axis=axis, keepdims=True)
+        # Below exp's range fast_exp gives 0, as exp does: the -inf padding and masked
+        # entries get probability 0.
+        e = topi.fast_exp(topi.subtract(xp, top))
+        # One division per row: a vector division costs about as much per element as
+        # the rest of the softmax.
+        scale = topi.add(topi.divide(1.0, topi.sum(e, axis=axis, keepdims=True)),
+                         topi.subtract(top, top))
+        out = topi.multiply(e, scale)
         return te.compute(x.shape, lambda *i: out(*i), name="unpad") if pad else out
 
     fast = {"relax.sigmoid": fast_sigmoid, "relax.tanh": fast_tanh,
