@@ -385,6 +385,21 @@ def test_a_product_fills_the_register_tile_the_target_has_registers_for(target):
     assert f"T.vectorized({lanes})" in text, text
 
 
+def test_a_one_row_product_takes_a_full_tile_of_half_vectors(target):
+    """A classifier's one image (1 x 1280 @ 1280 x 1000): 1000 columns are 125 half
+    vectors of AVX-512, and a tile of one half vector (the divisor of 125 up to the 4
+    vectors of a tile) read its weights one 32-byte piece per row of 4000 bytes; five
+    half vectors fill what the tile's 4 vectors would."""
+    from tvm import te
+
+    lanes, registers = vector_config(target)
+    if lanes != 16:
+        pytest.skip("AVX-512's 16 lanes: 1000 columns are whole vectors of 8")
+    func = te.create_prim_func(KERNELS["gemv 1x256x1000"])
+    text = generic.default_schedule(func, lanes, target).script()
+    assert "T.unroll(5)" in text and "T.vectorized(8)" in text, text
+
+
 def test_attention_probabilities_are_padded_along_the_reduction_for_whole_tiles(target):
     """probabilities @ values (197 x 197 @ 197 x 64): rows padded to whole tiles, and so
     the copy of the rows' operand vectorizes, its 197 columns (the reduction) to whole
