@@ -6,7 +6,7 @@
 ``winograd``        Winograd convolution for 3x3 stride-1 layers
 ``xgboost_onnx``    XGBoost trees lowered to ONNX for TVM
 ``onnx_ml``         ONNX-ML operators (skl2onnx's) rewritten into standard ONNX
-``rnn``             ONNX LSTM, GRU and RNN for TVM's ONNX importer, unrolled over time
+``rnn``             ONNX LSTM, GRU and RNN for TVM's ONNX importer, one loop kernel per direction
 ``torch_frontend``  converters correcting TVM's PyTorch frontend (negative select)
 ``zoo``             small ONNX models for tests and benchmarks
 ``corpus``          models exported by PyTorch (dynamo) and skl2onnx, for tests and benchmarks
