@@ -631,8 +631,7 @@ def _reduction(sch, block, after: list, lanes: int, tile: tuple) -> None:
         # A tile of one row (a classifier's one image) takes as many columns as a full
         # tile holds, in half vectors where whole ones do not divide them: 1280 x 1000
         # with cold weights, one thread, ran 0.59 ms with one half vector per tile and
-        # 0.51 ms with five (and in EfficientNet 0.35 ms, its weights packed as the
-        # tiles read them: :class:`.schedules.DefaultConfig`).
+        # 0.51 ms with five.
         most = tile[1] * (lanes // step if rows == 1 else 1)
         per = _divisor_at_most(width // step, most)
         co, cu, cv = sch.split(cols, [None, per, step])

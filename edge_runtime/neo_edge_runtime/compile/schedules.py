@@ -168,14 +168,12 @@ class DefaultConfig:
     where it found a faster schedule: ten minutes of search on a ViT had made it 1.17x
     slower than its untuned build.
 
-    Its weights are packed in the order its register tile reads them (MetaSchedule's
-    RewriteLayout, done once at compile time): a product over weights no cache holds
-    then reads them in one stream instead of a row of each per step. EfficientNet's
-    classifier (1280 x 1000, one image, one thread) went from 0.67 ms to 0.35 ms with
-    it and the wider tiles of one row (:func:`.generic.schedule_kernel`); the ViT's
-    linear layers, whose weights are reused by 197 tokens, ran as fast as before. (When
-    recurrent operators were unrolled, a GRU's step kernel got a packed copy of its
-    weights per call site; each direction is one kernel now, :mod:`.rnn`.)"""
+    Its weights stay in their layout. Packed in the order its register tile reads them
+    (MetaSchedule's RewriteLayout), EfficientNet's classifier (1280 x 1000, one image)
+    ran 0.35 ms instead of about 0.5 and the ViT no faster; but a kernel called at several
+    sites gets a packed copy of its weights per site: the keyword-spotting LSTM through
+    torch.export (whose decomposition runs one product per time step) went from 13 MB of
+    weights and 2.0 ms to 27 MB and 3.4 ms (one thread)."""
 
     lanes: int
     target: Any = field(compare=False, repr=False)
@@ -302,31 +300,8 @@ def apply(sch, config) -> None:
 
 
 def _apply_default(sch, config: DefaultConfig) -> None:
-    from tvm.s_tir import meta_schedule as ms
-
-    packable = _packable(sch)
     if not generic.schedule_kernel(sch, config.lanes, config.target):
         raise ValueError("no default schedule fits this kernel")
-    if packable:
-        sch.enter_postproc()
-        ms.postproc.RewriteLayout().apply(sch)
-
-
-def _packable(sch) -> bool:
-    """Whether the kernel in ``sch`` (unscheduled) has a reduction to pack weights for
-    and reads each of its weights (the buffers TVM marks layout-free) in one place.
-    Packed by RewriteLayout, the elementwise kernels of a GRU's gates (torch.export's
-    decomposition: biases sliced per gate) computed wrong values; and a layout is chosen
-    from one read, which could not suit a second one."""
-    func = sch.mod["main"]
-    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
-    if not free:
-        return False
-    weights = [func.params[int(k)] for k in free]
-    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    reads = [sum(1 for b in blocks for r in b.reads if r.source.same_as(w)) for w in weights]
-    return all(n == 1 for n in reads) and any(
-        int(iv.iter_type) != 0 for b in blocks for iv in b.iter_vars)
 
 
 def _apply_pool(sch, config: PoolConfig) -> None:
